@@ -1,0 +1,168 @@
+"""The `edgekd` command line. Commands are thin: parse, call the library, print."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+
+from edgekd.errors import EdgekdError
+
+app = typer.Typer(context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False,
+                  help="Distill a multimodal teacher into a small fused student and ship it to the edge.")
+data_app = typer.Typer(context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=True,
+                       help="Fetch and describe datasets.")
+app.add_typer(data_app, name="data")
+
+Target = Annotated[str, typer.Argument(help="A recipe YAML (starts or reopens runs/<name>) or a run directory.")]
+RunDirOpt = Annotated[Optional[Path], typer.Option("--run-dir", help="Run directory (default: runs/<recipe name>).")]
+DataRoot = Annotated[Optional[Path], typer.Option("--data-root", help="Dataset root (default: $EDGEKD_DATA, then ~/.cache/edgekd/data).")]
+Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe value, e.g. --set distill.epochs=3 (repeatable).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from the stage's last epoch checkpoint.")]
+Force = Annotated[bool, typer.Option("--force", help="Re-run finished stages; replace a run directory's differing recipe.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _progress(quiet: bool):
+    from edgekd.stages import progress_bar
+
+    return progress_bar(enabled=not quiet and sys.stderr.isatty())
+
+
+def _stage(stage: str, target, run_dir, data_root, sets, resume, force, quiet):
+    from edgekd.pipeline import open_run, stage_functions, summary_line
+
+    run = open_run(target, run_dir, sets, force=force)
+    with _progress(quiet) as bar:
+        metrics = stage_functions()[stage](run, data_root=data_root, resume=resume, progress=bar)
+    typer.echo(summary_line(stage, metrics))
+    typer.echo(f"run directory: {run.path}")
+
+
+@app.command()
+def run(target: Target, until: Annotated[str, typer.Option("--until", help="Last stage to run.")] = "distill",
+        run_dir: RunDirOpt = None, data_root: DataRoot = None, set_: Sets = None, resume: Resume = False,
+        force: Force = False, quiet: Quiet = False):
+    """Run the pipeline (teacher -> distill) for a recipe; finished stages are kept unless --force."""
+    from edgekd.pipeline import open_run, run_pipeline
+
+    run_ = open_run(target, run_dir, set_, force=force)
+    with _progress(quiet) as bar:
+        run_pipeline(run_, until=until, data_root=data_root, resume=resume, force=force, progress=bar, echo=typer.echo)
+    typer.echo(f"run directory: {run_.path} (manifest.json holds every metric)")
+
+
+@app.command()
+def teacher(target: Target, run_dir: RunDirOpt = None, data_root: DataRoot = None, set_: Sets = None,
+            resume: Resume = False, force: Force = False, quiet: Quiet = False):
+    """Fit the multimodal teacher (or adopt recipe.teacher.checkpoint) and evaluate it."""
+    _stage("teacher", target, run_dir, data_root, set_, resume, force, quiet)
+
+
+@app.command()
+def distill(target: Target, run_dir: RunDirOpt = None, data_root: DataRoot = None, set_: Sets = None,
+            resume: Resume = False, force: Force = False, quiet: Quiet = False):
+    """Distill the teacher into the student (and train the no-KD baseline)."""
+    _stage("distill", target, run_dir, data_root, set_, resume, force, quiet)
+
+
+@app.command("eval")
+def eval_(run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+          model: Annotated[str, typer.Option("--model", help="teacher, student or baseline.")] = "student",
+          data_root: DataRoot = None, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
+    """Evaluate a trained model of a run on the test split (accuracy, per class, modality ablations)."""
+    from edgekd.evaluation import evaluate_run
+
+    result = evaluate_run(run_dir, model, data_root)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(f"{model}: accuracy {100 * result['accuracy']:.2f}% on {result['samples']} test samples")
+    for m, acc in result["accuracy_without"].items():
+        typer.echo(f"  without {m}: {100 * acc:.2f}%")
+    typer.echo("  class  precision  recall  f1     support")
+    for c, r in result["per_class"].items():
+        typer.echo(f"  {c:<6} {r['precision']:.3f}      {r['recall']:.3f}   {r['f1']:.3f}  {r['support']}")
+
+
+@app.command()
+def models():
+    """List every registered teacher and student."""
+    from edgekd.models import list_models
+
+    for e in list_models():
+        typer.echo(f"{e.name:<16} {e.role:<8} {e.description}")
+
+
+@data_app.command("fetch")
+def data_fetch(name: Annotated[str, typer.Argument(help="Dataset to download (avdigits).")] = "avdigits",
+               data_root: DataRoot = None,
+               mirror: Annotated[Optional[str], typer.Option("--mirror", help="Base URL or folder holding the same files.")] = None):
+    """Download a built-in dataset from its public origin, verified against pinned sha256."""
+    from edgekd.data.download import fetch_avdigits
+    from edgekd.data.root import data_root as resolve
+
+    if name != "avdigits":
+        raise EdgekdError(f"unknown dataset '{name}'; the built-in dataset is 'avdigits'")
+    root = resolve(data_root)
+    result = fetch_avdigits(root, mirror=mirror)
+    for item in result["downloaded"]:
+        typer.echo(f"downloaded {item}")
+    for item in result["skipped"]:
+        typer.echo(f"{item}: already present and verified")
+    typer.echo(f"data root: {root}")
+
+
+@data_app.command("info")
+def data_info(target: Annotated[str, typer.Argument(help="'avdigits' or a recipe YAML.")] = "avdigits",
+              data_root: DataRoot = None, set_: Sets = None,
+              as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
+    """Describe a dataset: counts per split and class, modalities and shapes."""
+    from edgekd.evaluation import describe_dataset
+
+    info = describe_dataset(target, data_root, set_ or [])
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    typer.echo(f"dataset {info['name']} at {info['root']} (fingerprint {info['fingerprint']})")
+    for m, s in info["modalities"].items():
+        typer.echo(f"  modality {m}: {s['kind']} {tuple(s['shape'])} {s['dtype']}")
+    for split, counts in info["splits"].items():
+        per = " ".join(f"{c}:{n}" for c, n in counts["per_class"].items())
+        typer.echo(f"  {split}: {counts['total']} samples ({per})")
+    for line in info.get("notes", []):
+        typer.echo(f"  {line}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors print one line and exit non-zero (traceback: EDGEKD_DEBUG=1)."""
+    debug = os.environ.get("EDGEKD_DEBUG") == "1"
+    try:
+        app(args=argv, prog_name="edgekd", standalone_mode=False)
+    except EdgekdError as e:
+        if debug:
+            raise
+        typer.echo(f"edgekd: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        typer.echo("edgekd: interrupted; finished epochs are checkpointed, continue with --resume", err=True)
+        sys.exit(130)
+    except Exception as e:  # an edgekd bug, not a user error: still one line unless debugging
+        if debug:
+            raise
+        typer.echo(f"edgekd: internal error: {type(e).__name__}: {e} (set EDGEKD_DEBUG=1 for the traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""Datasets: the built-in avdigits and user folder datasets, preprocessed to numpy arrays."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgekd.data.base import Dataset
+from edgekd.data.root import data_root
+
+_LOADED: dict[tuple, Dataset] = {}
+
+
+def load_dataset(recipe, root: str | Path | None = None) -> Dataset:
+    """The recipe's dataset, loaded once per process (stages of one `edgekd run` share it)."""
+    root = data_root(root)
+    key = (recipe.data.model_dump_json(), str(root), recipe.seed)
+    if key not in _LOADED:
+        if recipe.data.name == "avdigits":
+            from edgekd.data.avdigits import AVDigits
+
+            _LOADED[key] = AVDigits(recipe.data, root, recipe.seed)
+        else:
+            from edgekd.data.folder import load_folder
+
+            _LOADED[key] = load_folder(recipe.data, root, recipe.seed)
+    return _LOADED[key]

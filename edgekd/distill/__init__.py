@@ -1,0 +1,1 @@
+"""Knowledge distillation: losses, the training loop, the teacher-output cache."""

@@ -1,0 +1,81 @@
+"""Teacher outputs for distillation: computed once per train pairing and memory-mapped, or live.
+
+The cache lives in the run directory under cache/teacher-<key>/pairing<k>/, keyed by the teacher
+weights' sha256 and the dataset fingerprint, so a retrained teacher or changed data never reuses
+stale targets. The QAT stage reads the same files.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekd.data.base import Dataset
+from edgekd.rundir import atomic_path, atomic_write_json
+
+_FILES = ("logits", "features")
+
+
+@torch.no_grad()
+def _teacher_outputs(teacher, names: list[str], inputs: dict[str, np.ndarray], batch_size: int = 256) -> dict:
+    teacher.eval()
+    n = len(next(iter(inputs.values())))
+    chunks: dict[str, list] = {}
+    for i in range(0, n, batch_size):
+        out = teacher({m: torch.from_numpy(inputs[m][i : i + batch_size]) for m in names})
+        parts = {"logits": out.logits, "features": out.features}
+        parts.update({f"mod_{m}": f for m, f in out.modality_features.items()})
+        for k, v in parts.items():
+            chunks.setdefault(k, []).append(v.float().numpy())
+    return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+class TeacherTargets:
+    """`get(pairing, idx)` -> {"logits", "features", "modality_features": {m: ...}} as tensors."""
+
+    def __init__(self, teacher, teacher_names: list[str], data: Dataset, cache_dir: Path | None):
+        self.teacher, self.names, self.data, self.cache_dir = teacher, teacher_names, data, cache_dir
+        self._loaded: dict[int, dict[str, np.ndarray]] = {}
+        self._split_cache: dict[int, dict] = {}
+        self.computed_pairings: list[int] = []
+
+    def _dir(self, pairing: int) -> Path:
+        return self.cache_dir / f"pairing{pairing}"
+
+    def _load_or_compute(self, pairing: int) -> dict[str, np.ndarray]:
+        if pairing in self._loaded:
+            return self._loaded[pairing]
+        d = self._dir(pairing)
+        if not (d / "meta.json").is_file():  # meta.json is written last: its presence means complete
+            arrays = _teacher_outputs(self.teacher, self.names, self.data.split("train", pairing).inputs)
+            d.mkdir(parents=True, exist_ok=True)
+            for k, v in arrays.items():
+                with atomic_path(d / f"{k}.npy") as tmp:
+                    with open(tmp, "wb") as f:
+                        np.save(f, v)
+            atomic_write_json(d / "meta.json", {"pairing": pairing, "files": sorted(arrays), "rows": len(v)})
+            self.computed_pairings.append(pairing)
+        meta = json.loads((d / "meta.json").read_text())
+        self._loaded[pairing] = {k: np.load(d / f"{k}.npy", mmap_mode="r") for k in meta["files"]}
+        return self._loaded[pairing]
+
+    def get(self, pairing: int, idx: np.ndarray) -> dict:
+        if self.cache_dir is not None:
+            arrays = self._load_or_compute(pairing)
+            sel = {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in arrays.items()}
+        else:  # live teacher: the batch's inputs go through the teacher every step
+            split = self._split_cache.get(pairing)
+            if split is None:
+                self._split_cache = {pairing: (split := self.data.split("train", pairing))}
+            sel = {k: torch.from_numpy(v) for k, v in
+                   _teacher_outputs(self.teacher, self.names, {m: split.inputs[m][idx] for m in self.names}).items()}
+        return {"logits": sel["logits"], "features": sel["features"],
+                "modality_features": {k[4:]: v for k, v in sel.items() if k.startswith("mod_")}}
+
+    def prepare(self, pairings: int) -> None:
+        """Fill the cache for every pairing up front (so epoch timings measure training only)."""
+        if self.cache_dir is not None:
+            for p in range(pairings):
+                self._load_or_compute(p)

@@ -1,0 +1,34 @@
+"""One exception hierarchy. Library code raises these with a message that names the fix;
+`edgekd.cli.main` prints them on one line and exits 1 (no traceback unless EDGEKD_DEBUG=1)."""
+
+
+class EdgekdError(Exception):
+    """Base class: an expected failure the user can fix."""
+
+    exit_code = 1
+
+
+class RecipeError(EdgekdError):
+    """The recipe (or a --set override) is invalid."""
+
+
+class DataError(EdgekdError):
+    """A dataset is missing, malformed or inconsistent with the recipe."""
+
+
+class RunDirError(EdgekdError):
+    """The run directory or its manifest is missing, stale or inconsistent."""
+
+
+class CheckpointError(EdgekdError):
+    """A checkpoint or model directory cannot be used."""
+
+
+class DownloadError(EdgekdError):
+    """A download failed or produced a file whose hash differs from the pinned one."""
+
+
+class UsageError(EdgekdError):
+    """A CLI argument is wrong."""
+
+    exit_code = 2

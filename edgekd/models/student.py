@@ -1,0 +1,151 @@
+"""Small fused students: one light encoder per modality, a fusion block, a linear head.
+
+Only export-friendly ops (Conv/BN/ReLU/Linear/Embedding/matmul/softmax): no EmbeddingBag, no
+data-dependent shapes, so the ONNX graph is static apart from the batch axis.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgekd.data.base import ModalitySpec
+from edgekd.models import ModelOutput, register_model
+
+
+def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class ConvEncoder(nn.Module):
+    """Depthwise-separable CNN: stem, then `depth` (depthwise 3x3 + pointwise 1x1) blocks."""
+
+    def __init__(self, in_ch: int, width: int, depth: int, dim: int):
+        super().__init__()
+        layers, c = [_conv_bn(in_ch, width, 3)], width
+        for i in range(depth):
+            cout = min(c * 2, width * 4)
+            layers += [_conv_bn(c, c, 3, stride=2 if i < 3 else 1, groups=c), _conv_bn(c, cout, 1)]
+            c = cout
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Linear(c, dim)
+
+    def forward(self, x):  # (B, C, H, W)
+        return self.out(self.body(x).mean(dim=(2, 3)))  # (B, dim)
+
+
+class AudioEncoder(ConvEncoder):
+    def forward(self, x):  # (B, T, n_mels) log-mel treated as a one-channel image
+        return super().forward(x[:, None])
+
+
+class TextEncoder(nn.Module):
+    """Embedding + masked mean (EmbeddingBag exports as a slow ONNX Loop)."""
+
+    def __init__(self, vocab: int, dim: int):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim, padding_idx=0)
+        self.out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
+
+    def forward(self, ids):  # (B, L) int64, 0 = padding
+        mask = (ids != 0).float()[..., None]
+        return self.out((self.emb(ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+
+
+class VectorEncoder(nn.Module):
+    def __init__(self, n: int, dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(n, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class ConcatFusion(nn.Module):
+    def __init__(self, m: int, dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(m * dim, dim), nn.ReLU(inplace=True))
+
+    def forward(self, embs, keep):  # embs (B, M, D)
+        if keep is not None:
+            embs = embs * keep[..., None]
+        return self.net(embs.flatten(1))
+
+
+class GatedFusion(nn.Module):
+    """Per-sample softmax weights over modalities, computed from the embeddings themselves."""
+
+    def __init__(self, m: int, dim: int):
+        super().__init__()
+        self.gate = nn.Linear(m * dim, m)
+        self.out = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True))
+
+    def forward(self, embs, keep):
+        if keep is not None:
+            embs = embs * keep[..., None]
+        logits = self.gate(embs.flatten(1))  # (B, M)
+        if keep is not None:
+            logits = logits.masked_fill(keep < 0.5, -1e4)
+        w = torch.softmax(logits, dim=-1)
+        return self.out((w[..., None] * embs).sum(1))
+
+
+class AttentionFusion(nn.Module):
+    """A learned query attends over the modality embeddings (one head, written with matmuls)."""
+
+    def __init__(self, m: int, dim: int):
+        super().__init__()
+        self.query = nn.Parameter(torch.randn(dim) * dim**-0.5)
+        self.type_emb = nn.Parameter(torch.zeros(m, dim))
+        self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.ReLU(inplace=True))
+
+    def forward(self, embs, keep):
+        embs = embs + self.type_emb
+        scores = self.key(embs) @ self.query / embs.shape[-1] ** 0.5  # (B, M)
+        if keep is not None:
+            scores = scores.masked_fill(keep < 0.5, -1e4)
+        w = torch.softmax(scores, dim=-1)
+        return self.out((w[..., None] * self.value(embs)).sum(1))
+
+
+FUSIONS = {"concat": ConcatFusion, "gated": GatedFusion, "attention": AttentionFusion}
+
+
+class FusedStudent(nn.Module):
+    def __init__(self, modalities: dict[str, ModalitySpec], num_classes: int, width: int, depth: int,
+                 dim: int, fusion: str = "gated"):
+        super().__init__()
+        self.names = list(modalities)
+        enc = {}
+        for name, s in modalities.items():
+            if s.kind == "image":
+                enc[name] = ConvEncoder(s.shape[0], width, depth, dim)
+            elif s.kind == "audio":
+                enc[name] = AudioEncoder(1, width, depth, dim)
+            elif s.kind == "text":
+                enc[name] = TextEncoder(max(s.vocab_size, 8), dim)
+            else:
+                enc[name] = VectorEncoder(s.shape[0], dim)
+        self.encoders = nn.ModuleDict(enc)
+        self.fuse = FUSIONS[fusion](len(self.names), dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, inputs: dict[str, torch.Tensor], keep: torch.Tensor | None = None) -> ModelOutput:
+        per = {n: self.encoders[n](inputs[n]) for n in self.names}  # each (B, D)
+        fused = self.fuse(torch.stack([per[n] for n in self.names], dim=1), keep)  # (B, D)
+        return ModelOutput(self.head(fused), fused, per)
+
+
+def _preset(default_width: int, default_depth: int, dim: int):
+    def factory(modalities, num_classes, fusion="gated", width=None, depth=None):
+        return FusedStudent(modalities, num_classes, width or default_width, depth or default_depth, dim, fusion)
+
+    return factory
+
+
+PRESETS = {"fusion_tiny": (8, 2, 32), "fusion_small": (16, 3, 64), "fusion_base": (32, 3, 128)}
+for _name, (_w, _d, _dim) in PRESETS.items():
+    register_model(_name, "student",
+                   f"depthwise-separable CNN / embedding-mean / MLP encoders (width {_w}, depth {_d}, "
+                   f"embedding {_dim}); fusion concat|gated|attention")(_preset(_w, _d, _dim))

@@ -1,0 +1,179 @@
+"""The teacher: one transformers encoder per modality, then fusion and a classifier.
+
+ViT for images, AST for log-mel spectrograms, a BERT-style encoder for token ids (all built
+from a config, so nothing is downloaded, or loaded from a local Hugging Face model directory),
+and an MLP for vectors. Fusion is either concatenation of the pooled encodings or a learned
+query that cross-attends over every modality's tokens.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgekd.data.base import ModalitySpec
+from edgekd.errors import CheckpointError
+from edgekd.models import ModelOutput, register_model
+
+
+def _load_pretrained(directory: str, modality: str):
+    from transformers import AutoModel
+
+    path = Path(directory).expanduser()
+    if not (path / "config.json").is_file():
+        raise CheckpointError(
+            f"recipe.teacher.encoders.{modality}.pretrained: {path} is not a Hugging Face model directory "
+            "(no config.json); point it at a folder written by save_pretrained()"
+        )
+    try:
+        # local_files_only: never reach a hub; remote code stays off.
+        return AutoModel.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"recipe.teacher.encoders.{modality}.pretrained: cannot load {path} ({e})") from e
+
+
+class HFEncoder(nn.Module):
+    """Wraps a transformers encoder: input tensor -> (tokens (B, L, H), padding mask (B, L))."""
+
+    def __init__(self, spec: ModalitySpec, hidden: int, layers: int, heads: int, source: dict | None = None):
+        super().__init__()
+        from transformers import (ASTConfig, ASTModel, AutoConfig, AutoModel, BertConfig, BertModel, ViTConfig,
+                                  ViTModel)
+
+        self.kind = spec.kind
+        source = source or {}
+        common = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                      intermediate_size=4 * hidden, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+        # `auto`: the encoder came from a user's model directory and keeps its own head layout
+        self.auto = bool(source.get("pretrained") or source.get("auto"))
+        if source.get("hf_config"):  # rebuilding a saved teacher: architecture from its stored config
+            config = AutoConfig.for_model(**source["hf_config"])
+            self.net = (AutoModel.from_config(config) if self.auto
+                        else AutoModel.from_config(config, add_pooling_layer=False) if spec.kind != "audio"
+                        else AutoModel.from_config(config))
+        elif source.get("pretrained"):
+            self.net = _load_pretrained(source["pretrained"], spec.name)
+        elif spec.kind == "image":
+            c, h, _ = spec.shape
+            patch = 7 if h % 7 == 0 else 4 if h % 4 == 0 else 1
+            self.net = ViTModel(ViTConfig(image_size=h, patch_size=patch, num_channels=c, **common),
+                                add_pooling_layer=False)
+        elif spec.kind == "audio":
+            frames, mels = spec.shape
+            patch = min(16, mels, frames)
+            self.net = ASTModel(ASTConfig(num_mel_bins=mels, max_length=frames, patch_size=patch,
+                                          frequency_stride=max(1, patch // 2), time_stride=max(1, patch // 2), **common))
+        elif spec.kind == "text":
+            self.net = BertModel(BertConfig(vocab_size=max(spec.vocab_size, 8), max_position_embeddings=max(64, spec.shape[0]),
+                                            **common), add_pooling_layer=False)
+        else:
+            raise ValueError(spec.kind)
+        out = self.net.config.hidden_size
+        self.proj = nn.Identity() if out == hidden else nn.Linear(out, hidden)
+        self._check_input(spec)
+
+    def _check_input(self, spec: ModalitySpec):
+        cfg = self.net.config
+        if spec.kind == "audio" and getattr(cfg, "num_mel_bins", spec.shape[1]) != spec.shape[1]:
+            raise CheckpointError(
+                f"audio encoder expects {cfg.num_mel_bins} mel bins but the data has {spec.shape[1]}; "
+                f"set data.audio.n_mels: {cfg.num_mel_bins}"
+            )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cfg = self.net.config
+        if self.kind == "image":
+            if getattr(cfg, "num_channels", 1) != x.shape[1]:
+                x = x.expand(-1, cfg.num_channels, -1, -1)
+            size = getattr(cfg, "image_size", x.shape[-1])
+            tokens = self.net(pixel_values=x, interpolate_pos_encoding=size != x.shape[-1]).last_hidden_state
+            return self.proj(tokens), None
+        if self.kind == "audio":
+            want = getattr(cfg, "max_length", x.shape[1])
+            if x.shape[1] != want:  # AST's position table fixes the number of frames
+                x = nn.functional.pad(x, (0, 0, 0, max(0, want - x.shape[1])))[:, :want]
+            return self.proj(self.net(input_values=x).last_hidden_state), None
+        pad = x == 0  # token id 0 is [PAD]
+        tokens = self.net(input_ids=x, attention_mask=(~pad).long()).last_hidden_state
+        return self.proj(tokens), pad
+
+
+class VectorEncoder(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.LayerNorm(hidden))
+
+    def forward(self, x):
+        return self.net(x)[:, None], None  # (B, 1, H)
+
+
+def _pool(tokens: torch.Tensor, pad: torch.Tensor | None, kind: str) -> torch.Tensor:
+    if kind == "audio":  # AST: mean of the [CLS] and distillation tokens
+        return (tokens[:, 0] + tokens[:, 1]) / 2
+    if kind == "image":
+        return tokens[:, 0]
+    if pad is None:
+        return tokens.mean(dim=1)
+    w = (~pad).float()[..., None]
+    return (tokens * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
+class MultimodalTeacher(nn.Module):
+    def __init__(self, modalities: dict[str, ModalitySpec], num_classes: int, hidden: int = 192,
+                 layers: int = 4, heads: int = 4, fusion: str = "cross_attention", encoders: dict | None = None):
+        super().__init__()
+        encoders = encoders or {}
+        self.names = list(modalities)
+        self.kinds = {n: s.kind for n, s in modalities.items()}
+        self.fusion = fusion
+        self.encoders = nn.ModuleDict({
+            n: VectorEncoder(s.shape[0], hidden) if s.kind == "vector"
+            else HFEncoder(s, hidden, layers, heads, encoders.get(n))
+            for n, s in modalities.items()
+        })
+        if fusion == "concat":
+            self.fuse = nn.Sequential(nn.Linear(hidden * len(self.names), hidden), nn.GELU(), nn.LayerNorm(hidden))
+        else:
+            self.query = nn.Parameter(torch.randn(1, 1, hidden) * 0.02)
+            self.type_emb = nn.Parameter(torch.zeros(len(self.names), hidden))
+            self.attn = nn.MultiheadAttention(hidden, heads, dropout=0.1, batch_first=True)
+            self.ffn = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, 2 * hidden), nn.GELU(),
+                                     nn.Linear(2 * hidden, hidden))
+            self.norm = nn.LayerNorm(hidden)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def encoder_sources(self) -> dict:
+        """What rebuilds each transformers encoder offline (stored in the teacher's config.json)."""
+        return {n: {"hf_config": e.net.config.to_dict(), "auto": e.auto}
+                for n, e in self.encoders.items() if isinstance(e, HFEncoder)}
+
+    def forward(self, inputs: dict[str, torch.Tensor], keep: torch.Tensor | None = None) -> ModelOutput:
+        """`keep` (B, M) marks which modalities each sample has (1) or lacks (0); None = all."""
+        pooled, all_tokens, all_pads = {}, [], []
+        for i, name in enumerate(self.names):
+            tokens, pad = self.encoders[name](inputs[name])  # (B, L, H), (B, L) or None
+            pooled[name] = _pool(tokens, pad, self.kinds[name])
+            if pad is None:
+                pad = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+            if keep is not None:
+                pad = pad | (keep[:, i : i + 1] < 0.5)
+                pooled[name] = pooled[name] * keep[:, i : i + 1]
+            all_tokens.append(tokens + self.type_emb[i] if self.fusion != "concat" else tokens)
+            all_pads.append(pad)
+        if self.fusion == "concat":
+            fused = self.fuse(torch.cat([pooled[n] for n in self.names], dim=-1))
+        else:
+            kv = torch.cat(all_tokens, dim=1)  # (B, sum L, H)
+            q = self.query.expand(kv.shape[0], -1, -1)
+            attended, _ = self.attn(q, kv, kv, key_padding_mask=torch.cat(all_pads, dim=1))
+            h = q + attended
+            fused = self.norm(h + self.ffn(h))[:, 0]  # (B, H)
+        return ModelOutput(self.head(fused), fused, pooled)
+
+
+@register_model("mm_transformer", "teacher",
+                "ViT (image) / AST (audio) / BERT (text) / MLP (vector) encoders from transformers, "
+                "concat or cross-attention fusion")
+def mm_transformer(modalities, num_classes, hidden=192, layers=4, heads=4, fusion="cross_attention", encoders=None):
+    return MultimodalTeacher(modalities, num_classes, hidden, layers, heads, fusion, encoders)

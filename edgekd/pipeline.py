@@ -1,0 +1,62 @@
+"""Resolving what a command works on (a recipe file or a run directory) and chaining stages."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgekd.errors import UsageError
+from edgekd.recipe import STAGES, load_recipe
+from edgekd.rundir import MANIFEST, RunDir
+
+
+def open_run(target: str | Path, run_dir: str | Path | None = None, overrides: list[str] | None = None,
+             force: bool = False) -> RunDir:
+    """A recipe YAML starts (or reopens) runs/<name>; a run directory is reopened as it is."""
+    target = Path(target)
+    if target.is_dir():
+        if (target / MANIFEST).is_file():
+            if overrides:
+                raise UsageError("--set applies to a recipe file, not to an existing run directory; "
+                                 "pass the recipe YAML with --run-dir NEW_DIR")
+            return RunDir.open(target)
+        raise UsageError(f"{target} is a directory but not a run directory (no {MANIFEST}); "
+                         "pass a recipe YAML or a directory made by `edgekd run`")
+    recipe = load_recipe(target, overrides)
+    return RunDir.create(Path(run_dir) if run_dir else Path("runs") / recipe.name, recipe, force=force)
+
+
+def stage_functions():
+    from edgekd.stages.distill import run_distill
+    from edgekd.stages.teacher import run_teacher
+
+    return {"teacher": run_teacher, "distill": run_distill}
+
+
+def run_pipeline(run: RunDir, until: str = STAGES[-1], data_root=None, resume: bool = False, force: bool = False,
+                 progress=None, echo=print) -> dict:
+    """Run every stage up to `until`; stages already done (and not stale) are kept unless `force`."""
+    if until not in STAGES:
+        raise UsageError(f"--until {until!r}: choose one of {', '.join(STAGES)}")
+    results = {}
+    for stage in STAGES[: STAGES.index(until) + 1]:
+        if run.is_done(stage) and not force:
+            echo(f"{stage}: up to date (use --force to re-run)")
+            results[stage] = run.stage(stage)["metrics"]
+            continue
+        results[stage] = stage_functions()[stage](run, data_root=data_root, resume=resume, progress=progress)
+        echo(summary_line(stage, results[stage]))
+    return results
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def summary_line(stage: str, m: dict) -> str:
+    if stage == "teacher":
+        alone = ", ".join(f"without {k} {_pct(v)}" for k, v in m.get("accuracy_without", {}).items())
+        return f"teacher: accuracy {_pct(m['accuracy'])} ({alone}); {m['params']:,} params"
+    if stage == "distill":
+        gain = "" if m.get("kd_gain") is None else f", no-KD baseline {_pct(m['baseline_accuracy'])}, KD gain {100 * m['kd_gain']:+.1f} pt"
+        return (f"distill: student accuracy {_pct(m['accuracy'])} (teacher {_pct(m['teacher_accuracy'])}){gain}; "
+                f"{m['params']:,} params (1/{m['teacher_params_ratio']:.0f} of the teacher)")
+    return f"{stage}: done"

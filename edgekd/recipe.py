@@ -1,0 +1,257 @@
+"""The recipe: one YAML file describes one run. Typed, strict, and loaded with safe_load only.
+
+Unknown keys and misspelt registry names fail with the field path and the closest valid name.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgekd.errors import RecipeError
+
+STAGES = ("teacher", "distill")  # grows with the pipeline; order matters
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class AudioFeatures(Strict):
+    sample_rate: int = Field(8000, gt=0, description="Model sample rate; other rates are resampled.")
+    seconds: float = Field(1.0, gt=0, description="Clips are zero-padded or cut to this length.")
+    n_fft: int = Field(256, gt=0, description="FFT size (and Hann window length) in samples.")
+    hop_length: int = Field(128, gt=0, description="Hop between frames in samples.")
+    n_mels: int = Field(40, gt=0, description="Number of HTK mel bands.")
+    fmin: float = Field(0.0, ge=0, description="Lowest mel frequency in Hz.")
+    fmax: float | None = Field(None, gt=0, description="Highest mel frequency in Hz (default: Nyquist).")
+
+
+class AVDigitsData(Strict):
+    """FSDD spoken digits paired with MNIST images of the same digit."""
+
+    name: Literal["avdigits"] = "avdigits"
+    split: Literal["speaker", "official"] = Field(
+        "speaker", description="'speaker': test_speakers are held out; 'official': takes 0-4 are test."
+    )
+    test_speakers: list[str] = Field(["jackson", "theo"], min_length=1, description="Held-out speakers.")
+    image_pca_variance: float | None = Field(
+        0.5, gt=0, le=1, description="Degrade images to the PCA components explaining this fraction "
+        "of the train-image variance (null: clean images)."
+    )
+    pairings: int = Field(4, ge=1, description="Distinct seeded train pairings, cycled over epochs.")
+    test_images_per_class: int = Field(100, ge=1, description="MNIST images per digit kept for test only.")
+    audio: AudioFeatures = AudioFeatures()
+
+
+class FolderData(Strict):
+    """A user's folder: metadata.jsonl or metadata.csv, one row per sample."""
+
+    name: Literal["folder"] = "folder"
+    path: str = Field(description="The dataset folder (relative paths resolve against the data root).")
+    metadata: str | None = Field(None, description="Metadata file name (default: metadata.jsonl, then .csv).")
+    label: str = Field("label", description="Column holding the class label.")
+    modalities: dict[str, Literal["image", "audio", "text", "vector"]] = Field(
+        min_length=1, description="Column name -> modality type."
+    )
+    split_column: str = Field("split", description="Optional column with train/val/test.")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Used when there is no split column.")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="Used when there is no split column.")
+    image_size: int = Field(28, gt=0, description="Images are converted to grayscale and resized to this.")
+    text_max_length: int = Field(32, gt=0, description="Token ids per text, padded or cut.")
+    text_vocab_size: int = Field(2000, ge=16, description="WordPiece vocabulary trained on train texts.")
+    audio: AudioFeatures = AudioFeatures()
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must be below 1")
+        return self
+
+
+DataConfig = Annotated[Union[AVDigitsData, FolderData], Field(discriminator="name")]
+
+# --------------------------------------------------------------------------- training
+
+
+class Optim(Strict):
+    epochs: int = Field(10, ge=1, description="Passes over the train split.")
+    batch_size: int = Field(64, ge=1, description="Samples per step.")
+    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (cosine decay, linear warm-up).")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    warmup_epochs: float = Field(0.5, ge=0, description="Linear warm-up length in epochs.")
+    modality_dropout: float = Field(
+        0.2, ge=0, lt=1, description="Chance per sample and modality of training with that modality absent."
+    )
+    augment: bool = Field(
+        False, description="Audio time shift + SpecAugment masks and image shifts during training."
+    )
+
+
+class EncoderSource(Strict):
+    pretrained: str | None = Field(
+        None, description="Local Hugging Face model directory to load instead of building from config."
+    )
+
+
+class TeacherConfig(Optim):
+    name: str = Field("mm_transformer", description="Registered teacher model (see `edgekd models`).")
+    fusion: Literal["concat", "cross_attention"] = Field("cross_attention", description="How encoders meet.")
+    hidden: int = Field(192, gt=0, description="Transformer width.")
+    layers: int = Field(4, ge=1, description="Transformer layers per encoder.")
+    heads: int = Field(4, ge=1, description="Attention heads.")
+    encoders: dict[str, EncoderSource] = Field(
+        default_factory=dict, description="Per-modality overrides, e.g. {image: {pretrained: DIR}}."
+    )
+    checkpoint: str | None = Field(
+        None, description="An existing teacher directory (model.safetensors + config.json); skips fitting."
+    )
+
+    @model_validator(mode="after")
+    def _heads(self):
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class StudentConfig(Strict):
+    name: str = Field("fusion_small", description="Registered student model (see `edgekd models`).")
+    fusion: Literal["concat", "gated", "attention"] = Field("gated", description="Fusion block.")
+    width: int | None = Field(None, gt=0, description="Channel width (default: the model's preset).")
+    depth: int | None = Field(None, ge=1, description="Blocks per encoder (default: the model's preset).")
+    modalities: list[str] | None = Field(
+        None, description="Modalities the student sees (default all; a subset is cross-modal distillation)."
+    )
+
+
+class DistillConfig(Optim):
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the label loss; 1 - alpha goes to KD.")
+    temperature: float = Field(4.0, gt=0, description="Softmax temperature of the KD term.")
+    beta: float = Field(1.0, ge=0, description="Weight of the fused-feature loss.")
+    beta_modality: float = Field(0.0, ge=0, description="Weight of the per-modality feature losses.")
+    baseline: bool = Field(True, description="Also train the same student without distillation.")
+    cache: bool = Field(True, description="Cache teacher outputs once per pairing instead of running it live.")
+
+
+class Recipe(Strict):
+    name: str = Field(description="Run name; the run directory defaults to runs/<name>.")
+    seed: int = Field(0, description="Seed for splits, pairings, init and batch order.")
+    threads: int = Field(1, ge=1, description="PyTorch intra-op threads (1 is fastest on busy 2-core hosts).")
+    data: DataConfig
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    distill: DistillConfig = DistillConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or any(c in v for c in "/\\") or v.startswith("."):
+            raise ValueError("must be a plain name (no slashes, not starting with '.')")
+        return v
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _model_at(path: tuple, model=Recipe):
+    """The pydantic model class a location in the recipe refers to (for suggestions)."""
+    cls = model
+    for part in path:
+        if isinstance(part, int) or cls is None:
+            return None
+        field = cls.model_fields.get(part) if hasattr(cls, "model_fields") else None
+        if field is None:
+            return None
+        ann = field.annotation
+        cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return cls
+
+
+def _format(err: ValidationError, raw: dict) -> str:
+    e = err.errors()[0]
+    loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x in ("avdigits", "folder")))
+    where = "recipe." + ".".join(str(x) for x in loc) if loc else "recipe"
+    if e["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        if parent is None and loc[:1] == ("data",):
+            kind = (raw.get("data") or {}).get("name", "avdigits")
+            parent = _model_at(loc[1:-1], FolderData if kind == "folder" else AVDigitsData)
+        options = parent.model_fields if parent is not None else []
+        return f"{where}: unknown key '{loc[-1]}'{_suggest(loc[-1], options)}"
+    if e["type"] == "union_tag_invalid":
+        return f"{where}: unknown dataset '{e['input'] if 'input' in e else ''}'" + _suggest(
+            (raw.get("data") or {}).get("name"), ["avdigits", "folder"]
+        )
+    if e["type"] == "literal_error":
+        allowed = e.get("ctx", {}).get("expected", "")
+        return f"{where}: {e['input']!r} is not allowed (expected {allowed}){_suggest(e['input'], allowed.replace(' or ', ',').replace(chr(39), '').split(','))}"
+    return f"{where}: {e['msg']} (got {e.get('input')!r})"
+
+
+def parse_value(text: str) -> Any:
+    """A --set value, typed the way YAML would type it."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set distill.epochs=3")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p, {}), dict):
+                raise RecipeError(f"--set {key}: '{p}' is not a section")
+            node = node.setdefault(p, {})
+        node[parts[-1]] = parse_value(value)
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe {path} not found: pass a YAML file such as recipes/avdigits.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RecipeError(f"recipe {path} is not valid YAML ({first}); fix the syntax") from e
+    return recipe_from_dict(raw, overrides, source=str(path))
+
+
+def recipe_from_dict(raw: Any, overrides: list[str] | None = None, source: str = "recipe") -> Recipe:
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{source}: a recipe is a YAML mapping with name, data, teacher, student, distill")
+    raw = apply_overrides(raw, list(overrides or []))
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError(f"{source}: {_format(e, raw)}") from e
+    from edgekd.models import check_names  # registry lives with the models
+
+    check_names(recipe)
+    return recipe
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    return hashlib.sha256(dump_recipe(recipe).encode()).hexdigest()

@@ -1,0 +1,210 @@
+"""The run directory: a frozen recipe, every artifact, and manifest.json that points at them.
+
+Contract (DESIGN.md): a stage writes its files first (temp file + rename), then records itself in
+the manifest last, so an interrupted stage leaves the previous state intact and the manifest never
+points at a half-written file. Re-running a stage marks every downstream stage stale.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+from edgekd import __version__
+from edgekd.errors import RunDirError
+from edgekd.recipe import STAGES, Recipe, dump_recipe, load_recipe
+
+MANIFEST = "manifest.json"
+RECIPE = "recipe.yaml"
+SCHEMA_VERSION = 1
+_VERSIONED = ("torch", "transformers", "onnx", "onnxruntime", "nvidia-modelopt", "tensorrt", "numpy")
+
+
+# --------------------------------------------------------------------------- atomic files
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temp path beside `path`; on success it replaces `path` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str | None]:
+    out = {"edgekd": __version__}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# --------------------------------------------------------------------------- the run directory
+
+
+class RunDir:
+    def __init__(self, path: Path, recipe: Recipe, manifest: dict):
+        self.path, self.recipe, self.manifest = Path(path), recipe, manifest
+
+    # ---- opening
+
+    @classmethod
+    def create(cls, path: Path, recipe: Recipe, force: bool = False) -> "RunDir":
+        """Open or start the run directory for `recipe`, freezing the recipe into it."""
+        path = Path(path)
+        frozen = dump_recipe(recipe)
+        if (path / RECIPE).exists():
+            existing = (path / RECIPE).read_text(encoding="utf-8")
+            if existing != frozen:
+                if not force:
+                    raise RunDirError(
+                        f"{path} holds a run of a different recipe; pass --run-dir NEW_DIR for a new run "
+                        "or --force to replace the recipe (every stage becomes stale)"
+                    )
+                run = cls.open(path, check_recipe=False)
+                run.recipe = recipe
+                for stage in run.manifest["stages"].values():
+                    stage["status"] = "stale"
+                atomic_write_text(path / RECIPE, frozen)
+                run.save()
+                return run
+            return cls.open(path)
+        path.mkdir(parents=True, exist_ok=True)
+        manifest = {"schema": SCHEMA_VERSION, "edgekd_version": __version__, "name": recipe.name,
+                    "created": _now(), "recipe": RECIPE, "stages": {}}
+        atomic_write_text(path / RECIPE, frozen)
+        run = cls(path, recipe, manifest)
+        run.save()
+        return run
+
+    @classmethod
+    def open(cls, path: Path, check_recipe: bool = True) -> "RunDir":
+        path = Path(path)
+        if not (path / MANIFEST).is_file():
+            raise RunDirError(f"{path} is not a run directory (no {MANIFEST}); start one with `edgekd run RECIPE`")
+        try:
+            manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+            assert isinstance(manifest, dict) and isinstance(manifest.get("stages"), dict)
+        except (ValueError, AssertionError, UnicodeDecodeError) as e:
+            raise RunDirError(f"{path / MANIFEST} is corrupt; re-run the pipeline into a new --run-dir") from e
+        recipe = load_recipe(path / RECIPE)
+        return cls(path, recipe, manifest)
+
+    def save(self) -> None:
+        atomic_write_json(self.path / MANIFEST, self.manifest)
+
+    # ---- reading stages
+
+    def stage(self, name: str) -> dict | None:
+        return self.manifest["stages"].get(name)
+
+    def is_done(self, name: str) -> bool:
+        st = self.stage(name)
+        return bool(st) and st.get("status") == "done"
+
+    def require(self, name: str) -> dict:
+        st = self.stage(name)
+        if not st or st.get("status") != "done":
+            state = "stale" if st else "missing"
+            raise RunDirError(f"stage '{name}' is {state} in {self.path}; run `edgekd {name} {self.path}` first")
+        return st
+
+    def artifact(self, stage: str, key: str, verify: bool = True) -> Path:
+        """The path of a recorded output, its sha256 checked against the manifest."""
+        entry = self.require(stage)["outputs"].get(key)
+        if entry is None:
+            raise RunDirError(f"stage '{stage}' recorded no '{key}' output; re-run `edgekd {stage} {self.path}`")
+        path = self.path / entry["path"]
+        if not path.is_file():
+            raise RunDirError(f"{path} is missing; re-run `edgekd {stage} {self.path}`")
+        if verify and sha256_file(path) != entry["sha256"]:
+            raise RunDirError(f"{path} changed since stage '{stage}' wrote it (sha256 differs); "
+                              f"re-run `edgekd {stage} {self.path}`")
+        return path
+
+    def stage_dir(self, name: str) -> Path:
+        d = self.path / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    # ---- recording
+
+    def _file_entry(self, path: Path) -> dict:
+        path = Path(path)
+        return {"path": os.path.relpath(path, self.path), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+    def record(self, name: str, *, started: float, outputs: dict[str, Path], inputs: dict[str, Path] | None = None,
+               metrics: dict | None = None, status: str = "done", extra: dict | None = None) -> dict:
+        """Record a finished stage (its files already written) and mark downstream stages stale."""
+        entry = {
+            "status": status,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+            "finished": _now(),
+            "seconds": round(time.time() - started, 2),
+            "inputs": {k: self._file_entry(p) for k, p in (inputs or {}).items()},
+            "outputs": {k: self._file_entry(p) for k, p in outputs.items()},
+            "versions": versions(),
+            "metrics": metrics or {},
+        }
+        entry.update(extra or {})
+        self.manifest["stages"][name] = entry
+        if name in STAGES:
+            for later in STAGES[STAGES.index(name) + 1 :]:
+                if later in self.manifest["stages"]:
+                    self.manifest["stages"][later]["status"] = "stale"
+        self.save()
+        return entry
+
+    def verify(self) -> list[str]:
+        """Problems with recorded outputs (missing or changed files); empty when all is whole."""
+        problems = []
+        for name, st in self.manifest["stages"].items():
+            for key, e in st.get("outputs", {}).items():
+                p = self.path / e["path"]
+                if not p.is_file():
+                    problems.append(f"{name}.{key}: {p} is missing")
+                elif sha256_file(p) != e["sha256"]:
+                    problems.append(f"{name}.{key}: {p} changed (sha256 differs)")
+        return problems

@@ -1,0 +1,1 @@
+"""Device-side code: numpy (+ onnxruntime/TensorRT in later stages). Never imports torch."""

@@ -1,0 +1,104 @@
+"""The distill stage: train the fused student against the teacher, and the same student without
+it (the baseline that `kd_gain` is measured against)."""
+from __future__ import annotations
+
+import difflib
+import time
+
+from edgekd.data import load_dataset
+from edgekd.distill.cache import TeacherTargets
+from edgekd.distill.evaluate import evaluate
+from edgekd.distill.losses import Projectors
+from edgekd.distill.trainer import Job, train
+from edgekd.errors import RecipeError
+from edgekd.models import count_flops, count_params, create_model
+from edgekd.models.io import load_model
+from edgekd.rundir import RunDir, atomic_write_json, sha256_file
+from edgekd.stages import threads
+from edgekd.stages.teacher import example_batch
+
+
+def student_modalities(recipe, data) -> list[str]:
+    wanted = recipe.student.modalities or list(data.modalities)
+    for m in wanted:
+        if m not in data.modalities:
+            close = difflib.get_close_matches(m, list(data.modalities), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (the data has {list(data.modalities)})"
+            raise RecipeError(f"recipe.student.modalities: unknown modality '{m}'{hint}")
+    return list(dict.fromkeys(wanted))
+
+
+def build_student(recipe, data, names):
+    s = recipe.student
+    options = {"fusion": s.fusion, "width": s.width, "depth": s.depth}
+    specs = {n: data.modalities[n] for n in names}
+    return create_model(s.name, "student", modalities=specs, num_classes=len(data.classes), **options), options, specs
+
+
+def _fit_student(run, recipe, data, names, label, targets, resume, progress, kd: bool):
+    from edgekd.models.io import save_model
+
+    student, options, specs = build_student(recipe, data, names)
+    d = recipe.distill
+    job = Job(student, names, d, recipe.seed, run.stage_dir("distill") / label / "checkpoint.pt", label)
+    if kd:
+        dim_s, dim_t = student.head.in_features, targets.teacher.head.in_features
+        job.targets = targets
+        job.projectors = Projectors(dim_s, dim_t, {m: (dim_s, dim_t) for m in names if m in targets.names})
+        job.loss = {"alpha": d.alpha, "temperature": d.temperature, "beta": d.beta, "beta_modality": d.beta_modality}
+    history = train(job, data, resume, progress)
+    files = save_model(student, run.stage_dir("distill") / label, role="student", name=recipe.student.name,
+                       options=options, modalities=specs, classes=data.classes)
+    return student, history, files
+
+
+def run_distill(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dict:
+    started = time.time()
+    r = run.recipe
+    with threads(r.threads):
+        teacher_w, teacher_c = run.artifact("teacher", "weights"), run.artifact("teacher", "config")
+        teacher, _ = load_model(teacher_w, teacher_c)
+        data = load_dataset(r, data_root)
+        teacher_names = list(teacher.names)
+        names = student_modalities(r, data)
+
+        cache_dir = None
+        if r.distill.cache:
+            cache_dir = run.path / "cache" / f"teacher-{sha256_file(teacher_w)[:12]}-{data.fingerprint()}"
+        targets = TeacherTargets(teacher, teacher_names, data, cache_dir)
+        t0 = time.time()
+        targets.prepare(data.num_pairings)
+        cache_seconds = round(time.time() - t0, 2)
+
+        student, history, files = _fit_student(run, r, data, names, "student", targets, resume, progress, kd=True)
+        test = data.split("test")
+        result = evaluate(student, test, names, data.classes)
+        teacher_acc = run.stage("teacher")["metrics"]["accuracy"]
+        metrics = {
+            "accuracy": result["accuracy"],
+            "params": count_params(student),
+            "flops": count_flops(student, example_batch(data, names)),
+            "accuracy_without": result["accuracy_without"],
+            "teacher_accuracy": teacher_acc,
+            "teacher_params_ratio": round(count_params(teacher) / count_params(student), 2),
+            "modalities": names,
+            "cache_seconds": cache_seconds if cache_dir else None,
+            "epoch_seconds": round(sum(h["seconds"] for h in history) / max(1, len(history)), 3),
+        }
+        outputs = {"weights": files["weights"], "config": files["config"]}
+        report = {"student": {**result, "history": history}}
+        if r.distill.baseline:
+            base, base_hist, base_files = _fit_student(run, r, data, names, "baseline", None, resume, progress, kd=False)
+            base_result = evaluate(base, test, names, data.classes)
+            metrics["baseline_accuracy"] = base_result["accuracy"]
+            metrics["kd_gain"] = round(result["accuracy"] - base_result["accuracy"], 4)
+            outputs.update({"baseline_weights": base_files["weights"], "baseline_config": base_files["config"]})
+            report["baseline"] = {**base_result, "history": base_hist}
+        else:
+            metrics["baseline_accuracy"] = None
+            metrics["kd_gain"] = None
+        outputs["eval"] = atomic_write_json(run.stage_dir("distill") / "eval.json", report)
+        run.record("distill", started=started, outputs=outputs,
+                   inputs={"teacher_weights": teacher_w, "teacher_config": teacher_c}, metrics=metrics,
+                   extra={"cache": str(cache_dir.relative_to(run.path)) if cache_dir else None})
+    return metrics
