@@ -41,7 +41,7 @@ class AVDigitsData(Strict):
     split: Literal["speaker", "official"] = Field(
         "speaker", description="'speaker': test_speakers are held out; 'official': takes 0-4 are test."
     )
-    test_speakers: list[str] = Field(["jackson", "theo"], min_length=1, description="Held-out speakers.")
+    test_speakers: list[str] = Field(["lucas", "yweweler"], min_length=1, description="Held-out speakers.")
     image_pca_variance: float | None = Field(
         0.5, gt=0, le=1, description="Degrade images to the PCA components explaining this fraction "
         "of the train-image variance (null: clean images)."
@@ -103,7 +103,10 @@ class EncoderSource(Strict):
 
 class TeacherConfig(Optim):
     name: str = Field("mm_transformer", description="Registered teacher model (see `edgekd models`).")
-    fusion: Literal["concat", "cross_attention"] = Field("cross_attention", description="How encoders meet.")
+    fusion: Literal["concat", "cross_attention", "late"] = Field("cross_attention", description="How encoders meet.")
+    audio_encoder: Literal["whisper", "ast"] = Field(
+        "whisper", description="Audio transformer: Whisper's encoder (conv front end) or AST (patches)."
+    )
     hidden: int = Field(192, gt=0, description="Transformer width.")
     layers: int = Field(4, ge=1, description="Transformer layers per encoder.")
     heads: int = Field(4, ge=1, description="Attention heads.")
@@ -123,7 +126,7 @@ class TeacherConfig(Optim):
 
 class StudentConfig(Strict):
     name: str = Field("fusion_small", description="Registered student model (see `edgekd models`).")
-    fusion: Literal["concat", "gated", "attention"] = Field("gated", description="Fusion block.")
+    fusion: Literal["concat", "gated", "attention", "late"] = Field("gated", description="Fusion block.")
     width: int | None = Field(None, gt=0, description="Channel width (default: the model's preset).")
     depth: int | None = Field(None, ge=1, description="Blocks per encoder (default: the model's preset).")
     modalities: list[str] | None = Field(

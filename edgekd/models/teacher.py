@@ -1,6 +1,7 @@
 """The teacher: one transformers encoder per modality, then fusion and a classifier.
 
-ViT for images, AST for log-mel spectrograms, a BERT-style encoder for token ids (all built
+ViT for images, a Whisper-style encoder (convolutional front end + transformer) or AST for log-mel
+spectrograms, a BERT-style encoder for token ids (all built
 from a config, so nothing is downloaded, or loaded from a local Hugging Face model directory),
 and an MLP for vectors. Fusion is either concatenation of the pooled encodings or a learned
 query that cross-attends over every modality's tokens.
@@ -33,53 +34,69 @@ def _load_pretrained(directory: str, modality: str):
         raise CheckpointError(f"recipe.teacher.encoders.{modality}.pretrained: cannot load {path} ({e})") from e
 
 
-class HFEncoder(nn.Module):
-    """Wraps a transformers encoder: input tensor -> (tokens (B, L, H), padding mask (B, L))."""
+def _from_config(config, auto: bool):
+    """Rebuild an encoder from its stored HF config (no weights, no network)."""
+    from transformers import AutoModel
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-    def __init__(self, spec: ModalitySpec, hidden: int, layers: int, heads: int, source: dict | None = None):
+    if config.model_type == "whisper":
+        return WhisperEncoder(config)
+    if auto or config.model_type == "audio-spectrogram-transformer":  # AST has no pooling layer
+        return AutoModel.from_config(config)
+    return AutoModel.from_config(config, add_pooling_layer=False)
+
+
+def _new_encoder(spec: ModalitySpec, hidden: int, layers: int, heads: int, audio_encoder: str):
+    """A fresh transformers encoder for one modality, sized by the recipe."""
+    from transformers import ASTConfig, ASTModel, BertConfig, BertModel, ViTConfig, ViTModel, WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    common = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                  intermediate_size=4 * hidden, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    if spec.kind == "image":
+        c, h, _ = spec.shape
+        patch = 7 if h % 7 == 0 else 4 if h % 4 == 0 else 1
+        return ViTModel(ViTConfig(image_size=h, patch_size=patch, num_channels=c, **common), add_pooling_layer=False)
+    if spec.kind == "audio" and audio_encoder == "whisper":
+        frames, mels = spec.shape
+        return WhisperEncoder(WhisperConfig(
+            num_mel_bins=mels, d_model=hidden, encoder_layers=layers, encoder_attention_heads=heads,
+            encoder_ffn_dim=4 * hidden, max_source_positions=(frames + 1) // 2, decoder_layers=1,
+            dropout=0.1, attention_dropout=0.1))
+    if spec.kind == "audio":
+        frames, mels = spec.shape
+        patch = min(16, mels, frames)
+        return ASTModel(ASTConfig(num_mel_bins=mels, max_length=frames, patch_size=patch,
+                                  frequency_stride=max(1, patch // 2), time_stride=max(1, patch // 2), **common))
+    return BertModel(BertConfig(vocab_size=max(spec.vocab_size, 8), max_position_embeddings=max(64, spec.shape[0]),
+                                **common), add_pooling_layer=False)
+
+
+class HFEncoder(nn.Module):
+    """Wraps a transformers encoder: input tensor -> (tokens (B, L, H), padding mask (B, L) or None)."""
+
+    def __init__(self, spec: ModalitySpec, hidden: int, layers: int, heads: int, audio_encoder: str = "whisper",
+                 source: dict | None = None):
         super().__init__()
-        from transformers import (ASTConfig, ASTModel, AutoConfig, AutoModel, BertConfig, BertModel, ViTConfig,
-                                  ViTModel)
+        from transformers import AutoConfig
 
         self.kind = spec.kind
         source = source or {}
-        common = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                      intermediate_size=4 * hidden, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
         # `auto`: the encoder came from a user's model directory and keeps its own head layout
         self.auto = bool(source.get("pretrained") or source.get("auto"))
-        if source.get("hf_config"):  # rebuilding a saved teacher: architecture from its stored config
-            config = AutoConfig.for_model(**source["hf_config"])
-            self.net = (AutoModel.from_config(config) if self.auto
-                        else AutoModel.from_config(config, add_pooling_layer=False) if spec.kind != "audio"
-                        else AutoModel.from_config(config))
+        if source.get("hf_config"):  # rebuilding a saved teacher
+            self.net = _from_config(AutoConfig.for_model(**source["hf_config"]), self.auto)
         elif source.get("pretrained"):
             self.net = _load_pretrained(source["pretrained"], spec.name)
-        elif spec.kind == "image":
-            c, h, _ = spec.shape
-            patch = 7 if h % 7 == 0 else 4 if h % 4 == 0 else 1
-            self.net = ViTModel(ViTConfig(image_size=h, patch_size=patch, num_channels=c, **common),
-                                add_pooling_layer=False)
-        elif spec.kind == "audio":
-            frames, mels = spec.shape
-            patch = min(16, mels, frames)
-            self.net = ASTModel(ASTConfig(num_mel_bins=mels, max_length=frames, patch_size=patch,
-                                          frequency_stride=max(1, patch // 2), time_stride=max(1, patch // 2), **common))
-        elif spec.kind == "text":
-            self.net = BertModel(BertConfig(vocab_size=max(spec.vocab_size, 8), max_position_embeddings=max(64, spec.shape[0]),
-                                            **common), add_pooling_layer=False)
         else:
-            raise ValueError(spec.kind)
-        out = self.net.config.hidden_size
-        self.proj = nn.Identity() if out == hidden else nn.Linear(out, hidden)
-        self._check_input(spec)
-
-    def _check_input(self, spec: ModalitySpec):
+            self.net = _new_encoder(spec, hidden, layers, heads, audio_encoder)
         cfg = self.net.config
+        self.model_type = cfg.model_type
         if spec.kind == "audio" and getattr(cfg, "num_mel_bins", spec.shape[1]) != spec.shape[1]:
-            raise CheckpointError(
-                f"audio encoder expects {cfg.num_mel_bins} mel bins but the data has {spec.shape[1]}; "
-                f"set data.audio.n_mels: {cfg.num_mel_bins}"
-            )
+            raise CheckpointError(f"audio encoder expects {cfg.num_mel_bins} mel bins but the data has "
+                                  f"{spec.shape[1]}; set data.audio.n_mels: {cfg.num_mel_bins}")
+        out = getattr(cfg, "hidden_size", None) or cfg.d_model
+        self.proj = nn.Identity() if out == hidden else nn.Linear(out, hidden)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.net.config
@@ -89,10 +106,12 @@ class HFEncoder(nn.Module):
             size = getattr(cfg, "image_size", x.shape[-1])
             tokens = self.net(pixel_values=x, interpolate_pos_encoding=size != x.shape[-1]).last_hidden_state
             return self.proj(tokens), None
-        if self.kind == "audio":
-            want = getattr(cfg, "max_length", x.shape[1])
-            if x.shape[1] != want:  # AST's position table fixes the number of frames
-                x = nn.functional.pad(x, (0, 0, 0, max(0, want - x.shape[1])))[:, :want]
+        if self.kind == "audio":  # x: (B, T, n_mels)
+            # both audio encoders have a fixed frame count (position tables): pad or cut to it
+            want = 2 * cfg.max_source_positions if self.model_type == "whisper" else cfg.max_length
+            x = nn.functional.pad(x, (0, 0, 0, max(0, want - x.shape[1])))[:, :want]
+            if self.model_type == "whisper":
+                return self.proj(self.net(input_features=x.transpose(1, 2)).last_hidden_state), None
             return self.proj(self.net(input_values=x).last_hidden_state), None
         pad = x == 0  # token id 0 is [PAD]
         tokens = self.net(input_ids=x, attention_mask=(~pad).long()).last_hidden_state
@@ -109,9 +128,9 @@ class VectorEncoder(nn.Module):
 
 
 def _pool(tokens: torch.Tensor, pad: torch.Tensor | None, kind: str) -> torch.Tensor:
-    if kind == "audio":  # AST: mean of the [CLS] and distillation tokens
+    if kind == "audio-spectrogram-transformer":  # AST: mean of the [CLS] and distillation tokens
         return (tokens[:, 0] + tokens[:, 1]) / 2
-    if kind == "image":
+    if kind == "vit":
         return tokens[:, 0]
     if pad is None:
         return tokens.mean(dim=1)
@@ -121,7 +140,8 @@ def _pool(tokens: torch.Tensor, pad: torch.Tensor | None, kind: str) -> torch.Te
 
 class MultimodalTeacher(nn.Module):
     def __init__(self, modalities: dict[str, ModalitySpec], num_classes: int, hidden: int = 192,
-                 layers: int = 4, heads: int = 4, fusion: str = "cross_attention", encoders: dict | None = None):
+                 layers: int = 4, heads: int = 4, fusion: str = "cross_attention", encoders: dict | None = None,
+                 audio_encoder: str = "whisper"):
         super().__init__()
         encoders = encoders or {}
         self.names = list(modalities)
@@ -129,11 +149,13 @@ class MultimodalTeacher(nn.Module):
         self.fusion = fusion
         self.encoders = nn.ModuleDict({
             n: VectorEncoder(s.shape[0], hidden) if s.kind == "vector"
-            else HFEncoder(s, hidden, layers, heads, encoders.get(n))
+            else HFEncoder(s, hidden, layers, heads, audio_encoder, encoders.get(n))
             for n, s in modalities.items()
         })
         if fusion == "concat":
             self.fuse = nn.Sequential(nn.Linear(hidden * len(self.names), hidden), nn.GELU(), nn.LayerNorm(hidden))
+        elif fusion == "late":  # per-modality classifiers whose logits are summed (product of experts)
+            self.late_heads = nn.ModuleDict({n: nn.Linear(hidden, num_classes) for n in self.names})
         else:
             self.query = nn.Parameter(torch.randn(1, 1, hidden) * 0.02)
             self.type_emb = nn.Parameter(torch.zeros(len(self.names), hidden))
@@ -141,7 +163,8 @@ class MultimodalTeacher(nn.Module):
             self.ffn = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, 2 * hidden), nn.GELU(),
                                      nn.Linear(2 * hidden, hidden))
             self.norm = nn.LayerNorm(hidden)
-        self.head = nn.Linear(hidden, num_classes)
+        self.head = nn.Linear(hidden, num_classes) if fusion != "late" else nn.Identity()
+        self.embed_dim = hidden
 
     def encoder_sources(self) -> dict:
         """What rebuilds each transformers encoder offline (stored in the teacher's config.json)."""
@@ -153,16 +176,21 @@ class MultimodalTeacher(nn.Module):
         pooled, all_tokens, all_pads = {}, [], []
         for i, name in enumerate(self.names):
             tokens, pad = self.encoders[name](inputs[name])  # (B, L, H), (B, L) or None
-            pooled[name] = _pool(tokens, pad, self.kinds[name])
+            pooled[name] = _pool(tokens, pad, getattr(self.encoders[name], "model_type", "mlp"))
             if pad is None:
                 pad = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
             if keep is not None:
                 pad = pad | (keep[:, i : i + 1] < 0.5)
                 pooled[name] = pooled[name] * keep[:, i : i + 1]
-            all_tokens.append(tokens + self.type_emb[i] if self.fusion != "concat" else tokens)
+            all_tokens.append(tokens + self.type_emb[i] if self.fusion == "cross_attention" else tokens)
             all_pads.append(pad)
         if self.fusion == "concat":
             fused = self.fuse(torch.cat([pooled[n] for n in self.names], dim=-1))
+        elif self.fusion == "late":
+            logits = sum(self.late_heads[n](pooled[n]) for n in self.names)  # absent: pooled is zeroed
+            if keep is not None:
+                logits = sum(self.late_heads[n](pooled[n]) * keep[:, i : i + 1] for i, n in enumerate(self.names))
+            return ModelOutput(logits, torch.stack([pooled[n] for n in self.names], 1).mean(1), pooled)
         else:
             kv = torch.cat(all_tokens, dim=1)  # (B, sum L, H)
             q = self.query.expand(kv.shape[0], -1, -1)
@@ -173,7 +201,8 @@ class MultimodalTeacher(nn.Module):
 
 
 @register_model("mm_transformer", "teacher",
-                "ViT (image) / AST (audio) / BERT (text) / MLP (vector) encoders from transformers, "
-                "concat or cross-attention fusion")
-def mm_transformer(modalities, num_classes, hidden=192, layers=4, heads=4, fusion="cross_attention", encoders=None):
-    return MultimodalTeacher(modalities, num_classes, hidden, layers, heads, fusion, encoders)
+                "ViT (image) / Whisper-encoder or AST (audio log-mel) / BERT (text) / MLP (vector) encoders "
+                "from transformers; concat or cross-attention fusion")
+def mm_transformer(modalities, num_classes, hidden=192, layers=4, heads=4, fusion="cross_attention", encoders=None,
+                   audio_encoder="whisper"):
+    return MultimodalTeacher(modalities, num_classes, hidden, layers, heads, fusion, encoders, audio_encoder)

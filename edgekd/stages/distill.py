@@ -42,7 +42,7 @@ def _fit_student(run, recipe, data, names, label, targets, resume, progress, kd:
     d = recipe.distill
     job = Job(student, names, d, recipe.seed, run.stage_dir("distill") / label / "checkpoint.pt", label)
     if kd:
-        dim_s, dim_t = student.head.in_features, targets.teacher.head.in_features
+        dim_s, dim_t = student.embed_dim, targets.teacher.embed_dim
         job.targets = targets
         job.projectors = Projectors(dim_s, dim_t, {m: (dim_s, dim_t) for m in names if m in targets.names})
         job.loss = {"alpha": d.alpha, "temperature": d.temperature, "beta": d.beta, "beta_modality": d.beta_modality}

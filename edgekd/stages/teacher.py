@@ -50,7 +50,8 @@ def run_teacher(run: RunDir, data_root=None, resume: bool = False, progress=None
             files = {"weights": out_dir / WEIGHTS, "config": out_dir / CONFIG}
         else:
             t = r.teacher
-            options = {"hidden": t.hidden, "layers": t.layers, "heads": t.heads, "fusion": t.fusion}
+            options = {"hidden": t.hidden, "layers": t.layers, "heads": t.heads, "fusion": t.fusion,
+                       "audio_encoder": t.audio_encoder}
             model = create_model(t.name, "teacher", modalities=data.modalities, num_classes=len(data.classes),
                                  encoders={n: e.model_dump() for n, e in t.encoders.items()}, **options)
             history = train(Job(model, names, t, r.seed, out_dir / "checkpoint.pt", "teacher"), data, resume, progress)

@@ -1,0 +1,62 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgekd.data.base import ModalitySpec, Split
+
+torch.set_num_threads(1)  # tests and CI use one thread (see README: threads)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    """The real datasets ($EDGEKD_DATA); tests that need them skip with a reason otherwise."""
+    env = os.environ.get("EDGEKD_DATA")
+    if not env:
+        pytest.skip("EDGEKD_DATA is not set (CI sets it to ../shared/data)")
+    path = Path(env)
+    if not (path / "fsdd" / "recordings").is_dir() or not (path / "mnist5k" / "mnist_5k.csv.gz").is_file():
+        pytest.skip(f"avdigits files are not under EDGEKD_DATA={path}; run `edgekd data fetch avdigits`")
+    return path
+
+
+class ToyData:
+    """A small synthetic two-modality dataset implementing edgekd.data.base.Dataset."""
+
+    name = "toy"
+    classes = ["a", "b", "c"]
+    num_pairings = 2
+
+    def __init__(self, n: int = 48, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.modalities = {"image": ModalitySpec("image", "image", (1, 8, 8)),
+                           "audio": ModalitySpec("audio", "audio", (6, 4))}
+        self.preprocess = {}
+        self._splits = {}
+        for name, count in (("train", n), ("test", n // 2)):
+            y = np.arange(count) % 3
+            img = (rng.normal(size=(count, 1, 8, 8)) + 2 * y[:, None, None, None]).astype(np.float32)
+            aud = (rng.normal(size=(count, 6, 4)) - 2 * y[:, None, None]).astype(np.float32)
+            self._splits[name] = Split({"image": img, "audio": aud}, y.astype(np.int64), [f"{name}{i}" for i in range(count)])
+
+    def split(self, name, pairing=0):
+        s = self._splits[name]
+        if name == "train" and pairing % 2:  # a different pairing: images rolled within each class
+            img = np.concatenate([s.inputs["image"][3:], s.inputs["image"][:3]])
+            return Split({"image": img, "audio": s.inputs["audio"]}, s.labels, s.ids)
+        return s
+
+    def has_split(self, name):
+        return name in self._splits
+
+    def fingerprint(self):
+        return "toy"
+
+
+@pytest.fixture
+def toy() -> ToyData:
+    return ToyData()

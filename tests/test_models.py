@@ -1,0 +1,128 @@
+"""Teachers and students: shapes, modality masks, registry, save/rebuild, local HF directories."""
+import pytest
+import torch
+
+from edgekd.data.base import ModalitySpec
+from edgekd.errors import CheckpointError, RecipeError
+from edgekd.models import count_flops, count_params, create_model, get_entry, list_models
+from edgekd.models.io import load_model_dir, save_model
+
+MODS = {
+    "image": ModalitySpec("image", "image", (1, 28, 28)),
+    "audio": ModalitySpec("audio", "audio", (63, 40)),
+    "text": ModalitySpec("text", "text", (12,), dtype="int64", vocab_size=50),
+    "vector": ModalitySpec("vector", "vector", (5,)),
+}
+
+
+def _batch(n=3, mods=MODS):
+    torch.manual_seed(0)
+    x = {"image": torch.randn(n, 1, 28, 28), "audio": torch.randn(n, 63, 40),
+         "text": torch.randint(1, 50, (n, 12)), "vector": torch.randn(n, 5)}
+    x["text"][:, 8:] = 0  # padding
+    return {k: v for k, v in x.items() if k in mods}
+
+
+def _tiny_teacher(fusion="cross_attention", audio_encoder="whisper", mods=MODS):
+    return create_model("mm_transformer", "teacher", modalities=mods, num_classes=4, hidden=16, layers=1, heads=2,
+                        fusion=fusion, audio_encoder=audio_encoder)
+
+
+@pytest.mark.parametrize("fusion", ["concat", "cross_attention", "late"])
+@pytest.mark.parametrize("audio_encoder", ["whisper", "ast"])
+def test_teacher_all_modalities(fusion, audio_encoder):
+    t = _tiny_teacher(fusion, audio_encoder).eval()
+    out = t(_batch())
+    assert out.logits.shape == (3, 4) and out.features.shape == (3, 16)
+    assert set(out.modality_features) == set(MODS)
+    keep = torch.ones(3, 4)
+    keep[:, 1] = 0  # audio absent
+    changed = t(_batch(), keep=keep).logits
+    assert not torch.allclose(changed, out.logits)
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gated", "attention", "late"])
+def test_students_every_fusion(fusion):
+    s = create_model("fusion_tiny", "student", modalities=MODS, num_classes=4, fusion=fusion).eval()
+    out = s(_batch())
+    assert out.logits.shape == (3, 4) and out.features.shape == (3, s.embed_dim)
+    assert not any(isinstance(m, torch.nn.EmbeddingBag) for m in s.modules())  # exports as a slow Loop
+    keep = torch.tensor([[1.0, 0.0, 1.0, 1.0]] * 3)
+    assert not torch.allclose(s(_batch(), keep=keep).logits, out.logits)
+
+
+def test_student_is_far_smaller_than_teacher_and_flops_counted():
+    mods = {k: MODS[k] for k in ("image", "audio")}
+    t = create_model("mm_transformer", "teacher", modalities=mods, num_classes=10, hidden=128, layers=3, heads=4)
+    s = create_model("fusion_small", "student", modalities=mods, num_classes=10)
+    assert count_params(t) > 20 * count_params(s)
+    ex = {k: v[:1] for k, v in _batch(mods=mods).items()}
+    assert count_flops(t, ex) > 10 * count_flops(s, ex) > 0
+
+
+def test_width_and_depth_knobs_change_size():
+    small = create_model("fusion_small", "student", modalities=MODS, num_classes=4)
+    wide = create_model("fusion_small", "student", modalities=MODS, num_classes=4, width=32, depth=4)
+    assert count_params(wide) > count_params(small)
+
+
+def test_registry_lists_and_suggests():
+    names = {e.name for e in list_models()}
+    assert {"mm_transformer", "fusion_tiny", "fusion_small", "fusion_base"} <= names
+    with pytest.raises(RecipeError, match="did you mean 'fusion_small'"):
+        get_entry("fusion_smal", "student", "recipe.student.name")
+
+
+def test_save_and_rebuild_gives_identical_outputs(tmp_path):
+    for model, role, name, opts in [
+        (_tiny_teacher(), "teacher", "mm_transformer",
+         {"hidden": 16, "layers": 1, "heads": 2, "fusion": "cross_attention", "audio_encoder": "whisper"}),
+        (create_model("fusion_tiny", "student", modalities=MODS, num_classes=4, fusion="attention"), "student",
+         "fusion_tiny", {"fusion": "attention", "width": None, "depth": None}),
+    ]:
+        model.eval()
+        save_model(model, tmp_path / role, role=role, name=name, options=opts, modalities=MODS,
+                   classes=["a", "b", "c", "d"])
+        again, config = load_model_dir(tmp_path / role)
+        assert config["classes"] == ["a", "b", "c", "d"]
+        torch.testing.assert_close(again(_batch()).logits, model(_batch()).logits)
+
+
+def test_teacher_encoder_from_local_hf_directory(tmp_path):
+    from transformers import ViTConfig, ViTModel
+
+    vit = ViTModel(ViTConfig(image_size=28, patch_size=7, num_channels=1, hidden_size=24, num_hidden_layers=1,
+                             num_attention_heads=2, intermediate_size=32))
+    vit.save_pretrained(tmp_path / "my-vit")
+    mods = {"image": MODS["image"], "vector": MODS["vector"]}
+    t = create_model("mm_transformer", "teacher", modalities=mods, num_classes=3, hidden=16, layers=1, heads=2,
+                     encoders={"image": {"pretrained": str(tmp_path / "my-vit")}}).eval()
+    loaded = t.encoders["image"].net
+    torch.testing.assert_close(loaded.embeddings.patch_embeddings.projection.weight,
+                               vit.embeddings.patch_embeddings.projection.weight)
+    save_model(t, tmp_path / "teacher", role="teacher", name="mm_transformer",
+               options={"hidden": 16, "layers": 1, "heads": 2}, modalities=mods, classes=["a", "b", "c"])
+    (tmp_path / "my-vit" / "config.json").unlink()  # the saved teacher no longer needs the source dir
+    again, _ = load_model_dir(tmp_path / "teacher")
+    x = _batch(mods=mods)
+    torch.testing.assert_close(again(x).logits, t(x).logits)
+
+
+def test_bad_pretrained_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="not a Hugging Face model directory"):
+        create_model("mm_transformer", "teacher", modalities={"image": MODS["image"]}, num_classes=3, hidden=16,
+                     layers=1, heads=2, encoders={"image": {"pretrained": str(tmp_path)}})
+
+
+def test_corrupt_weights_and_config(tmp_path):
+    s = create_model("fusion_tiny", "student", modalities=MODS, num_classes=4)
+    save_model(s, tmp_path, role="student", name="fusion_tiny", options={}, modalities=MODS, classes=list("abcd"))
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    with pytest.raises(CheckpointError, match="safetensors"):
+        load_model_dir(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="not an edgekd model config"):
+        load_model_dir(tmp_path)
+    with pytest.raises(CheckpointError, match="not an edgekd model directory"):
+        load_model_dir(tmp_path / "nowhere")

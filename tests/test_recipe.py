@@ -1,0 +1,106 @@
+"""Recipe schema: strict keys, field paths, did-you-mean, --set overrides, safe YAML."""
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import ROOT
+from edgekd.errors import RecipeError
+from edgekd.recipe import dump_recipe, load_recipe, recipe_from_dict
+
+BASE = {"name": "r", "data": {"name": "avdigits"}}
+
+
+def _err(raw, overrides=None) -> str:
+    with pytest.raises(RecipeError) as e:
+        recipe_from_dict(raw, overrides)
+    return str(e.value)
+
+
+def test_defaults_fill_a_minimal_recipe():
+    r = recipe_from_dict(dict(BASE))
+    assert r.teacher.name == "mm_transformer" and r.student.name == "fusion_small" and r.distill.baseline
+
+
+def test_shipped_recipes_load():
+    for name in ("avdigits", "tiny", "avdigits-audio-only"):
+        r = load_recipe(ROOT / "recipes" / f"{name}.yaml")
+        assert r.name == name
+
+
+def test_unknown_key_names_path_and_suggests():
+    msg = _err({**BASE, "distill": {"temprature": 3}})
+    assert "recipe.distill.temprature" in msg and "did you mean 'temperature'" in msg
+
+
+def test_unknown_key_in_data_section_suggests_from_that_dataset():
+    msg = _err({"name": "r", "data": {"name": "avdigits", "test_speaker": ["theo"]}})
+    assert "recipe.data.test_speaker" in msg and "'test_speakers'" in msg
+
+
+def test_misspelt_registry_name_suggests_closest():
+    msg = _err({**BASE, "student": {"name": "fusoin_tiny"}})
+    assert "recipe.student.name" in msg and "did you mean 'fusion_tiny'" in msg
+
+
+def test_wrong_type_and_bad_literal():
+    assert "recipe.distill.epochs" in _err({**BASE, "distill": {"epochs": "many"}})
+    msg = _err({**BASE, "student": {"fusion": "gatd"}})
+    assert "recipe.student.fusion" in msg and "'gated'" in msg
+
+
+def test_zero_or_negative_sizes_rejected():
+    assert "recipe.teacher.hidden" in _err({**BASE, "teacher": {"hidden": 0}})
+    assert "recipe.distill.batch_size" in _err({**BASE, "distill": {"batch_size": -4}})
+
+
+def test_unknown_dataset_name():
+    assert "avdigits" in _err({"name": "r", "data": {"name": "avdigit"}})
+
+
+def test_set_overrides_are_typed_like_yaml():
+    r = recipe_from_dict(dict(BASE), ["distill.epochs=3", "distill.cache=false", "student.modalities=[audio]",
+                                      "teacher.lr=2e-4"])
+    assert r.distill.epochs == 3 and r.distill.cache is False
+    assert r.student.modalities == ["audio"] and r.teacher.lr == pytest.approx(2e-4)
+
+
+def test_set_without_equals_and_on_unknown_key():
+    assert "KEY=VALUE" in _err(dict(BASE), ["distill.epochs"])
+    assert "recipe.distill.epoch" in _err(dict(BASE), ["distill.epoch=3"])
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    bad = tmp_path / "evil.yaml"
+    bad.write_text("name: !!python/object/apply:os.system ['echo hacked']\ndata: {name: avdigits}\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(bad)
+
+
+def test_malformed_and_missing_files(tmp_path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("name: [unclosed\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(p)
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path / "nope.yaml")
+    p.write_text("- just\n- a list\n")
+    with pytest.raises(RecipeError, match="YAML mapping"):
+        load_recipe(p)
+
+
+def test_dump_round_trips():
+    r = recipe_from_dict({**BASE, "distill": {"alpha": 0.3}})
+    import yaml
+
+    assert recipe_from_dict(yaml.safe_load(dump_recipe(r))) == r
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=8), st.one_of(st.integers(), st.text(max_size=5), st.none()),
+                       max_size=4))
+def test_arbitrary_mappings_either_load_or_raise_recipe_error(extra):
+    raw = {"name": "r", "data": {"name": "avdigits"}, "distill": extra}
+    try:
+        recipe_from_dict(raw)
+    except RecipeError as e:
+        assert str(e).startswith("recipe: recipe.distill") or "recipe.distill" in str(e)

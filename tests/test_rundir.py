@@ -1,0 +1,83 @@
+"""Run directory contract: atomic files, hashes, versions, stale marking, tamper detection."""
+import json
+
+import pytest
+
+from edgekd.errors import RunDirError
+from edgekd.recipe import recipe_from_dict
+from edgekd.rundir import RunDir, atomic_path, atomic_write_text, sha256_file
+
+RECIPE = recipe_from_dict({"name": "r", "data": {"name": "avdigits"}})
+
+
+def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
+    target = tmp_path / "weights.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["weights.bin"]  # no temp file left behind
+
+
+def test_record_writes_hashes_versions_and_marks_downstream_stale(tmp_path):
+    run = RunDir.create(tmp_path / "run", RECIPE)
+    a = atomic_write_text(run.stage_dir("teacher") / "model.txt", "teacher v1")
+    run.record("teacher", started=0.0, outputs={"weights": a}, metrics={"accuracy": 0.9, "params": 10})
+    b = atomic_write_text(run.stage_dir("distill") / "student.txt", "student")
+    run.record("distill", started=0.0, outputs={"weights": b}, inputs={"teacher": a}, metrics={"accuracy": 0.8})
+
+    manifest = json.loads((run.path / "manifest.json").read_text())
+    entry = manifest["stages"]["teacher"]["outputs"]["weights"]
+    assert entry == {"path": "teacher/model.txt", "sha256": sha256_file(a), "bytes": len("teacher v1")}
+    assert manifest["stages"]["distill"]["inputs"]["teacher"]["sha256"] == sha256_file(a)
+    assert manifest["stages"]["teacher"]["versions"]["torch"]
+    assert {"status", "started", "finished", "inputs", "outputs", "versions", "metrics"} <= set(manifest["stages"]["distill"])
+
+    run.record("teacher", started=0.0, outputs={"weights": a}, metrics={"accuracy": 0.91, "params": 10})
+    again = RunDir.open(run.path)
+    assert again.stage("distill")["status"] == "stale"
+    with pytest.raises(RunDirError, match="stale"):
+        again.require("distill")
+
+
+def test_artifact_refuses_changed_or_missing_file(tmp_path):
+    run = RunDir.create(tmp_path / "run", RECIPE)
+    a = atomic_write_text(run.stage_dir("teacher") / "model.txt", "teacher")
+    run.record("teacher", started=0.0, outputs={"weights": a})
+    assert run.artifact("teacher", "weights") == a
+    a.write_text("tampered")
+    with pytest.raises(RunDirError, match="changed since stage 'teacher'"):
+        run.artifact("teacher", "weights")
+    assert run.verify() and "changed" in run.verify()[0]
+    a.unlink()
+    with pytest.raises(RunDirError, match="missing"):
+        run.artifact("teacher", "weights")
+
+
+def test_missing_stage_names_the_command(tmp_path):
+    run = RunDir.create(tmp_path / "run", RECIPE)
+    with pytest.raises(RunDirError, match="edgekd teacher"):
+        run.artifact("teacher", "weights")
+
+
+def test_different_recipe_is_refused_unless_forced(tmp_path):
+    run = RunDir.create(tmp_path / "run", RECIPE)
+    a = atomic_write_text(run.stage_dir("teacher") / "m", "x")
+    run.record("teacher", started=0.0, outputs={"weights": a})
+    other = recipe_from_dict({"name": "r", "data": {"name": "avdigits"}, "distill": {"epochs": 2}})
+    with pytest.raises(RunDirError, match="--run-dir"):
+        RunDir.create(tmp_path / "run", other)
+    forced = RunDir.create(tmp_path / "run", other, force=True)
+    assert forced.stage("teacher")["status"] == "stale"
+    assert RunDir.open(tmp_path / "run").recipe.distill.epochs == 2
+
+
+def test_corrupt_manifest_and_non_run_dir(tmp_path):
+    with pytest.raises(RunDirError, match="not a run directory"):
+        RunDir.open(tmp_path)
+    run = RunDir.create(tmp_path / "run", RECIPE)
+    (run.path / "manifest.json").write_text("{not json")
+    with pytest.raises(RunDirError, match="corrupt"):
+        RunDir.open(run.path)
