@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from edgekd.errors import EdgekdError
@@ -149,16 +148,20 @@ def main(argv: list[str] | None = None) -> None:
             raise
         typer.echo(f"edgekd: error: {e}", err=True)
         sys.exit(e.exit_code)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         typer.echo("edgekd: interrupted; finished epochs are checkpointed, continue with --resume", err=True)
         sys.exit(130)
-    except Exception as e:  # an edgekd bug, not a user error: still one line unless debugging
-        if debug:
+    except Exception as e:
+        # Typer ships its own copy of click's exceptions, so match them by shape, not by class:
+        # usage errors (exit 2) can show themselves, Exit carries a code, Abort is Ctrl-C at a prompt.
+        if hasattr(e, "show") and hasattr(e, "exit_code"):
+            e.show()
+            sys.exit(e.exit_code)
+        if type(e).__name__ == "Exit":
+            sys.exit(getattr(e, "exit_code", 0))
+        if type(e).__name__ == "Abort":
+            sys.exit(130)
+        if debug:  # an edgekd bug, not a user error: still one line unless debugging
             raise
         typer.echo(f"edgekd: internal error: {type(e).__name__}: {e} (set EDGEKD_DEBUG=1 for the traceback)", err=True)
         sys.exit(1)

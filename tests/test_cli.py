@@ -1,0 +1,148 @@
+"""The CLI end to end on a tiny recipe, and its error paths (exit code + one-line message)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from edgekd.cli import main
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    try:
+        main(list(map(str, args)))
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One tiny teacher + distill run on the real data, shared by the happy-path tests."""
+    import os
+
+    if not os.environ.get("EDGEKD_DATA"):
+        pytest.skip("EDGEKD_DATA is not set (CI sets it to ../shared/data)")
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    try:
+        main(["run", str(ROOT / "recipes" / "tiny.yaml"), "--run-dir", str(run_dir), "-q"])
+    except SystemExit as e:
+        assert not e.code
+    return run_dir
+
+
+def test_run_until_distill_writes_the_manifest_contract(tiny_run):
+    m = json.loads((tiny_run / "manifest.json").read_text())
+    teacher, distill = m["stages"]["teacher"], m["stages"]["distill"]
+    assert teacher["status"] == distill["status"] == "done"
+    assert {"accuracy", "params"} <= set(teacher["metrics"])
+    assert {"accuracy", "params", "flops", "baseline_accuracy", "kd_gain", "accuracy_without"} <= set(distill["metrics"])
+    assert set(distill["metrics"]["accuracy_without"]) == {"image", "audio"}
+    assert distill["metrics"]["kd_gain"] == pytest.approx(
+        distill["metrics"]["accuracy"] - distill["metrics"]["baseline_accuracy"], abs=1e-4)
+    assert distill["inputs"]["teacher_weights"]["sha256"] == teacher["outputs"]["weights"]["sha256"]
+    assert (tiny_run / "recipe.yaml").is_file()
+    assert 0.0 <= distill["metrics"]["accuracy"] <= 1.0 and distill["metrics"]["params"] > 0
+
+
+def test_rerun_keeps_finished_stages(tiny_run, capsys):
+    code, out, _ = cli(capsys, "run", ROOT / "recipes" / "tiny.yaml", "--run-dir", tiny_run, "-q")
+    assert code == 0 and "teacher: up to date" in out and "distill: up to date" in out
+
+
+def test_eval_command(tiny_run, capsys):
+    code, out, _ = cli(capsys, "eval", tiny_run, "--model", "baseline", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["samples"] == 1000 and len(result["confusion"]) == 10
+
+
+def test_distill_resume_continues_from_checkpoint(tiny_run, capsys):
+    code, out, _ = cli(capsys, "distill", tiny_run, "--resume", "-q")
+    assert code == 0 and "student accuracy" in out
+    m = json.loads((tiny_run / "manifest.json").read_text())
+    hist = json.loads((tiny_run / "distill" / "eval.json").read_text())["student"]["history"]
+    assert [h["epoch"] for h in hist] == [1, 2]  # both epochs came from the checkpoint, none re-trained
+    assert m["stages"]["distill"]["status"] == "done"
+
+
+def test_cross_modal_audio_only_student(tiny_run, tmp_path, capsys):
+    code, out, err = cli(capsys, "run", ROOT / "recipes" / "tiny.yaml", "--run-dir", tmp_path / "xm",
+                         "--set", "student.modalities=[audio]", "--set", "distill.baseline=false",
+                         "--set", f"teacher.checkpoint={tiny_run / 'teacher'}", "-q")
+    assert code == 0, err
+    m = json.loads((tmp_path / "xm" / "manifest.json").read_text())["stages"]["distill"]["metrics"]
+    assert m["modalities"] == ["audio"] and m["accuracy_without"] == {} and m["kd_gain"] is None
+
+
+def test_tampered_teacher_is_refused(tiny_run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    with open(copy / "teacher" / "model.safetensors", "ab") as f:
+        f.write(b"\0")
+    code, _, err = cli(capsys, "distill", copy, "-q")
+    assert code == 1 and "changed since stage 'teacher'" in err and "Traceback" not in err
+
+
+def test_models_and_help(capsys):
+    code, out, _ = cli(capsys, "models")
+    assert code == 0 and "fusion_small" in out and "mm_transformer" in out
+    code, out, _ = cli(capsys, "distill", "-h")
+    assert code == 0 and "--resume" in out
+
+
+def test_missing_recipe_is_one_line_exit_1(capsys, tmp_path):
+    code, out, err = cli(capsys, "run", tmp_path / "nope.yaml")
+    assert code == 1 and err.count("\n") == 1 and "not found" in err
+
+
+def test_unknown_recipe_key_exit_1(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ndata: {name: avdigits}\nstudent: {name: fusoin_tiny}\n")
+    code, _, err = cli(capsys, "teacher", bad, "--run-dir", tmp_path / "r")
+    assert code == 1 and "did you mean 'fusion_tiny'" in err
+    assert not (tmp_path / "r").exists()  # nothing written for a recipe that does not validate
+
+
+def test_distill_before_teacher_names_the_command(capsys, tmp_path):
+    code, _, err = cli(capsys, "distill", ROOT / "recipes" / "tiny.yaml", "--run-dir", tmp_path / "r")
+    assert code == 1 and "edgekd teacher" in err
+
+
+def test_usage_errors_exit_2(capsys, tmp_path):
+    code, _, err = cli(capsys, "run", ROOT / "recipes" / "tiny.yaml", "--until", "deploy", "--run-dir", tmp_path / "r")
+    assert code == 2 and "--until" in err
+    code, _, _ = cli(capsys, "run", ROOT / "recipes" / "tiny.yaml", "--bogus-flag")
+    assert code == 2
+    code, _, err = cli(capsys, "eval", tmp_path, "--model", "teacher")
+    assert code == 2 and "not a run directory" in err
+
+
+def test_bad_data_root_names_the_fetch_command(capsys, tmp_path):
+    code, _, err = cli(capsys, "teacher", ROOT / "recipes" / "tiny.yaml", "--run-dir", tmp_path / "r",
+                       "--data-root", tmp_path / "empty")
+    assert code == 1 and "edgekd data fetch avdigits" in err
+
+
+def test_data_info(capsys, data_dir):
+    code, out, _ = cli(capsys, "data", "info", "avdigits", "--data-root", data_dir, "--json")
+    info = json.loads(out)
+    assert code == 0 and info["splits"]["test"]["total"] == 1000 and info["modalities"]["audio"]["shape"] == [63, 40]
+
+
+def test_console_script_runs_as_a_module():
+    proc = subprocess.run([sys.executable, "-m", "edgekd", "models"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "fusion_tiny" in proc.stdout
+
+
+def test_debug_env_shows_traceback(tmp_path):
+    import os
+
+    env = {**os.environ, "EDGEKD_DEBUG": "1"}
+    proc = subprocess.run([sys.executable, "-m", "edgekd", "run", str(tmp_path / "nope.yaml")], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
