@@ -107,6 +107,7 @@ class TeacherConfig(Optim):
     audio_encoder: Literal["whisper", "ast"] = Field(
         "whisper", description="Audio transformer: Whisper's encoder (conv front end) or AST (patches)."
     )
+    image_patch: int = Field(7, gt=0, description="ViT patch size in pixels (must divide the image size).")
     hidden: int = Field(192, gt=0, description="Transformer width.")
     layers: int = Field(4, ge=1, description="Transformer layers per encoder.")
     heads: int = Field(4, ge=1, description="Attention heads.")

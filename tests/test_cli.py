@@ -146,3 +146,48 @@ def test_debug_env_shows_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "edgekd", "run", str(tmp_path / "nope.yaml")], capture_output=True,
                           text=True, env=env, timeout=120)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_folder_dataset_with_all_four_modalities_end_to_end(tmp_path, capsys):
+    """A user's folder (image, audio, text, vector) through teacher and distill with tiny models."""
+    import wave
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "mydata"
+    (folder / "img").mkdir(parents=True)
+    (folder / "wav").mkdir()
+    words = {"cat": "a small cat sat", "dog": "the dog barked loud", "cow": "cows eat green grass"}
+    rows = []
+    for i in range(36):
+        label = list(words)[i % 3]
+        Image.fromarray((rng.random((12, 12)) * 80 + 60 * (i % 3)).astype(np.uint8)).save(folder / "img" / f"{i}.png")
+        with wave.open(str(folder / "wav" / f"{i}.wav"), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(8000)
+            t = np.arange(2000) / 8000
+            w.writeframes((np.sin(2 * np.pi * (300 + 200 * (i % 3)) * t) * 8000).astype("<i2").tobytes())
+        rows.append({"label": label, "photo": f"img/{i}.png", "clip": f"wav/{i}.wav", "caption": words[label],
+                     "feats": list(rng.normal(size=4) + i % 3)})
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(f"""
+name: mine
+data:
+  name: folder
+  path: {folder}
+  modalities: {{photo: image, clip: audio, caption: text, feats: vector}}
+  image_size: 12
+  audio: {{seconds: 0.25, n_mels: 16}}
+teacher: {{hidden: 16, layers: 1, heads: 2, epochs: 1, batch_size: 8, fusion: concat}}
+student: {{name: fusion_tiny, fusion: attention}}
+distill: {{epochs: 1, batch_size: 8, beta_modality: 0.5}}
+""")
+    code, out, err = cli(capsys, "run", recipe, "--run-dir", tmp_path / "run", "-q")
+    assert code == 0, err
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+    assert set(m["distill"]["metrics"]["accuracy_without"]) == {"photo", "clip", "caption", "feats"}
+    assert m["teacher"]["metrics"]["params"] > m["distill"]["metrics"]["params"]

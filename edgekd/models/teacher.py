@@ -46,7 +46,7 @@ def _from_config(config, auto: bool):
     return AutoModel.from_config(config, add_pooling_layer=False)
 
 
-def _new_encoder(spec: ModalitySpec, hidden: int, layers: int, heads: int, audio_encoder: str):
+def _new_encoder(spec: ModalitySpec, hidden: int, layers: int, heads: int, audio_encoder: str, image_patch: int):
     """A fresh transformers encoder for one modality, sized by the recipe."""
     from transformers import ASTConfig, ASTModel, BertConfig, BertModel, ViTConfig, ViTModel, WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -55,7 +55,7 @@ def _new_encoder(spec: ModalitySpec, hidden: int, layers: int, heads: int, audio
                   intermediate_size=4 * hidden, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
     if spec.kind == "image":
         c, h, _ = spec.shape
-        patch = 7 if h % 7 == 0 else 4 if h % 4 == 0 else 1
+        patch = image_patch if h % image_patch == 0 else 1
         return ViTModel(ViTConfig(image_size=h, patch_size=patch, num_channels=c, **common), add_pooling_layer=False)
     if spec.kind == "audio" and audio_encoder == "whisper":
         frames, mels = spec.shape
@@ -76,7 +76,7 @@ class HFEncoder(nn.Module):
     """Wraps a transformers encoder: input tensor -> (tokens (B, L, H), padding mask (B, L) or None)."""
 
     def __init__(self, spec: ModalitySpec, hidden: int, layers: int, heads: int, audio_encoder: str = "whisper",
-                 source: dict | None = None):
+                 source: dict | None = None, image_patch: int = 7):
         super().__init__()
         from transformers import AutoConfig
 
@@ -89,7 +89,7 @@ class HFEncoder(nn.Module):
         elif source.get("pretrained"):
             self.net = _load_pretrained(source["pretrained"], spec.name)
         else:
-            self.net = _new_encoder(spec, hidden, layers, heads, audio_encoder)
+            self.net = _new_encoder(spec, hidden, layers, heads, audio_encoder, image_patch)
         cfg = self.net.config
         self.model_type = cfg.model_type
         if spec.kind == "audio" and getattr(cfg, "num_mel_bins", spec.shape[1]) != spec.shape[1]:
@@ -141,7 +141,7 @@ def _pool(tokens: torch.Tensor, pad: torch.Tensor | None, kind: str) -> torch.Te
 class MultimodalTeacher(nn.Module):
     def __init__(self, modalities: dict[str, ModalitySpec], num_classes: int, hidden: int = 192,
                  layers: int = 4, heads: int = 4, fusion: str = "cross_attention", encoders: dict | None = None,
-                 audio_encoder: str = "whisper"):
+                 audio_encoder: str = "whisper", image_patch: int = 7):
         super().__init__()
         encoders = encoders or {}
         self.names = list(modalities)
@@ -149,7 +149,7 @@ class MultimodalTeacher(nn.Module):
         self.fusion = fusion
         self.encoders = nn.ModuleDict({
             n: VectorEncoder(s.shape[0], hidden) if s.kind == "vector"
-            else HFEncoder(s, hidden, layers, heads, audio_encoder, encoders.get(n))
+            else HFEncoder(s, hidden, layers, heads, audio_encoder, encoders.get(n), image_patch)
             for n, s in modalities.items()
         })
         if fusion == "concat":
@@ -204,5 +204,6 @@ class MultimodalTeacher(nn.Module):
                 "ViT (image) / Whisper-encoder or AST (audio log-mel) / BERT (text) / MLP (vector) encoders "
                 "from transformers; concat or cross-attention fusion")
 def mm_transformer(modalities, num_classes, hidden=192, layers=4, heads=4, fusion="cross_attention", encoders=None,
-                   audio_encoder="whisper"):
-    return MultimodalTeacher(modalities, num_classes, hidden, layers, heads, fusion, encoders, audio_encoder)
+                   audio_encoder="whisper", image_patch=7):
+    return MultimodalTeacher(modalities, num_classes, hidden, layers, heads, fusion, encoders, audio_encoder,
+                             image_patch)

@@ -51,7 +51,7 @@ def run_teacher(run: RunDir, data_root=None, resume: bool = False, progress=None
         else:
             t = r.teacher
             options = {"hidden": t.hidden, "layers": t.layers, "heads": t.heads, "fusion": t.fusion,
-                       "audio_encoder": t.audio_encoder}
+                       "audio_encoder": t.audio_encoder, "image_patch": t.image_patch}
             model = create_model(t.name, "teacher", modalities=data.modalities, num_classes=len(data.classes),
                                  encoders={n: e.model_dump() for n, e in t.encoders.items()}, **options)
             history = train(Job(model, names, t, r.seed, out_dir / "checkpoint.pt", "teacher"), data, resume, progress)
