@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgekd.errors import EdgekdError
+from edgekd.errors import EdgekdError, UsageError
 
 app = typer.Typer(context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False,
@@ -48,8 +48,9 @@ def run(target: Target, until: Annotated[str, typer.Option("--until", help="Last
         run_dir: RunDirOpt = None, data_root: DataRoot = None, set_: Sets = None, resume: Resume = False,
         force: Force = False, quiet: Quiet = False):
     """Run the pipeline (teacher -> distill) for a recipe; finished stages are kept unless --force."""
-    from edgekd.pipeline import open_run, run_pipeline
+    from edgekd.pipeline import check_until, open_run, run_pipeline
 
+    check_until(until)  # before anything is created on disk
     run_ = open_run(target, run_dir, set_, force=force)
     with _progress(quiet) as bar:
         run_pipeline(run_, until=until, data_root=data_root, resume=resume, force=force, progress=bar, echo=typer.echo)
@@ -87,6 +88,9 @@ def eval_(run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     typer.echo("  class  precision  recall  f1     support")
     for c, r in result["per_class"].items():
         typer.echo(f"  {c:<6} {r['precision']:.3f}      {r['recall']:.3f}   {r['f1']:.3f}  {r['support']}")
+    typer.echo("  confusion (rows: true class, columns: predicted)")
+    for c, row in zip(result["per_class"], result["confusion"]):
+        typer.echo(f"  {c:<6} " + " ".join(f"{v:4d}" for v in row))
 
 
 @app.command()
@@ -107,7 +111,7 @@ def data_fetch(name: Annotated[str, typer.Argument(help="Dataset to download (av
     from edgekd.data.root import data_root as resolve
 
     if name != "avdigits":
-        raise EdgekdError(f"unknown dataset '{name}'; the built-in dataset is 'avdigits'")
+        raise UsageError(f"unknown dataset '{name}'; the built-in dataset is 'avdigits'")
     root = resolve(data_root)
     result = fetch_avdigits(root, mirror=mirror)
     for item in result["downloaded"]:
@@ -142,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors print one line and exit non-zero (traceback: EDGEKD_DEBUG=1)."""
     debug = os.environ.get("EDGEKD_DEBUG") == "1"
     try:
-        app(args=argv, prog_name="edgekd", standalone_mode=False)
+        rc = app(args=argv, prog_name="edgekd", standalone_mode=False)
     except EdgekdError as e:
         if debug:
             raise
@@ -165,6 +169,11 @@ def main(argv: list[str] | None = None) -> None:
             raise
         typer.echo(f"edgekd: internal error: {type(e).__name__}: {e} (set EDGEKD_DEBUG=1 for the traceback)", err=True)
         sys.exit(1)
+    # Typer turns Ctrl-C into a returned 130 when not in standalone mode
+    if rc == 130:
+        typer.echo("edgekd: interrupted; finished epochs are checkpointed, continue with --resume", err=True)
+    if isinstance(rc, int) and rc:
+        sys.exit(rc)
 
 
 if __name__ == "__main__":

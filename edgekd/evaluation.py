@@ -15,13 +15,17 @@ def evaluate_run(run_dir: Path, which: str, data_root=None) -> dict:
     from edgekd.data import load_dataset
     from edgekd.distill.evaluate import evaluate
     from edgekd.models.io import load_model
-    from edgekd.pipeline import open_run
+    from edgekd.rundir import RunDir
     from edgekd.stages import threads
 
     if which not in _MODELS:
         raise UsageError(f"--model {which!r}: choose teacher, student or baseline")
-    run = open_run(run_dir)
+    if not Path(run_dir).is_dir():
+        raise UsageError(f"{run_dir} is not a run directory; pass the folder `edgekd run` made (runs/<name>)")
+    run = RunDir.open(run_dir)
     stage, w, c = _MODELS[which]
+    if which == "baseline" and run.is_done("distill") and "baseline_weights" not in run.stage("distill")["outputs"]:
+        raise UsageError("this run trained no baseline; set distill.baseline: true in the recipe and re-run distill")
     model, config = load_model(run.artifact(stage, w), run.artifact(stage, c))
     with threads(run.recipe.threads):
         data = load_dataset(run.recipe, data_root)

@@ -12,6 +12,8 @@ def open_run(target: str | Path, run_dir: str | Path | None = None, overrides: l
              force: bool = False) -> RunDir:
     """A recipe YAML starts (or reopens) runs/<name>; a run directory is reopened as it is."""
     target = Path(target)
+    if target.is_dir() and run_dir and Path(run_dir).resolve() != target.resolve():
+        raise UsageError("--run-dir applies to a recipe file; the run directory given as target is used as it is")
     if target.is_dir():
         if (target / MANIFEST).is_file():
             if overrides:
@@ -31,11 +33,15 @@ def stage_functions():
     return {"teacher": run_teacher, "distill": run_distill}
 
 
+def check_until(until: str) -> None:
+    if until not in STAGES:
+        raise UsageError(f"--until {until!r}: choose one of {', '.join(STAGES)}")
+
+
 def run_pipeline(run: RunDir, until: str = STAGES[-1], data_root=None, resume: bool = False, force: bool = False,
                  progress=None, echo=print) -> dict:
     """Run every stage up to `until`; stages already done (and not stale) are kept unless `force`."""
-    if until not in STAGES:
-        raise UsageError(f"--until {until!r}: choose one of {', '.join(STAGES)}")
+    check_until(until)
     results = {}
     for stage in STAGES[: STAGES.index(until) + 1]:
         if run.is_done(stage) and not force:

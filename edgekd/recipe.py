@@ -33,6 +33,14 @@ class AudioFeatures(Strict):
     fmin: float = Field(0.0, ge=0, description="Lowest mel frequency in Hz.")
     fmax: float | None = Field(None, gt=0, description="Highest mel frequency in Hz (default: Nyquist).")
 
+    @model_validator(mode="after")
+    def _band(self):
+        top = self.fmax if self.fmax is not None else self.sample_rate / 2
+        if not self.fmin < top <= self.sample_rate / 2:
+            raise ValueError(f"need fmin < fmax <= sample_rate / 2 ({self.sample_rate / 2:g} Hz)")
+        if self.n_fft > round(self.seconds * self.sample_rate):
+            raise ValueError("n_fft is longer than the clip (seconds * sample_rate)")
+        return self
 
 class AVDigitsData(Strict):
     """FSDD spoken digits paired with MNIST images of the same digit."""
@@ -62,7 +70,9 @@ class FolderData(Strict):
         min_length=1, description="Column name -> modality type."
     )
     split_column: str = Field("split", description="Optional column with train/val/test.")
-    val_fraction: float = Field(0.1, ge=0, lt=1, description="Used when there is no split column.")
+    val_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Used when there is no split column; val is reported, not trained on."
+    )
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Used when there is no split column.")
     image_size: int = Field(28, gt=0, description="Images are converted to grayscale and resized to this.")
     text_max_length: int = Field(32, gt=0, description="Token ids per text, padded or cut.")
@@ -131,7 +141,8 @@ class StudentConfig(Strict):
     width: int | None = Field(None, gt=0, description="Channel width (default: the model's preset).")
     depth: int | None = Field(None, ge=1, description="Blocks per encoder (default: the model's preset).")
     modalities: list[str] | None = Field(
-        None, description="Modalities the student sees (default all; a subset is cross-modal distillation)."
+        None, min_length=1,
+        description="Modalities the student sees (default all; a subset is cross-modal distillation).",
     )
 
 
@@ -142,6 +153,12 @@ class DistillConfig(Optim):
     beta_modality: float = Field(0.0, ge=0, description="Weight of the per-modality feature losses.")
     baseline: bool = Field(True, description="Also train the same student without distillation.")
     cache: bool = Field(True, description="Cache teacher outputs once per pairing instead of running it live.")
+
+    @model_validator(mode="after")
+    def _augment_needs_live_teacher(self):
+        if self.augment and self.cache:
+            raise ValueError("augment: true needs cache: false (cached teacher outputs are for un-augmented inputs)")
+        return self
 
 
 class Recipe(Strict):
@@ -164,7 +181,8 @@ class Recipe(Strict):
 # --------------------------------------------------------------------------- loading
 
 
-def _suggest(word: str, options) -> str:
+def suggest(word: str, options) -> str:
+    """The "; did you mean 'x'?" hint for the closest option, or "" when none is close."""
     close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.5)
     return f"; did you mean '{close[0]}'?" if close else ""
 
@@ -193,14 +211,14 @@ def _format(err: ValidationError, raw: dict) -> str:
             kind = (raw.get("data") or {}).get("name", "avdigits")
             parent = _model_at(loc[1:-1], FolderData if kind == "folder" else AVDigitsData)
         options = parent.model_fields if parent is not None else []
-        return f"{where}: unknown key '{loc[-1]}'{_suggest(loc[-1], options)}"
+        return f"{where}: unknown key '{loc[-1]}'{suggest(loc[-1], options)}"
     if e["type"] == "union_tag_invalid":
-        return f"{where}: unknown dataset '{e['input'] if 'input' in e else ''}'" + _suggest(
+        return f"{where}: unknown dataset '{e['input'] if 'input' in e else ''}'" + suggest(
             (raw.get("data") or {}).get("name"), ["avdigits", "folder"]
         )
     if e["type"] == "literal_error":
         allowed = e.get("ctx", {}).get("expected", "")
-        return f"{where}: {e['input']!r} is not allowed (expected {allowed}){_suggest(e['input'], allowed.replace(' or ', ',').replace(chr(39), '').split(','))}"
+        return f"{where}: {e['input']!r} is not allowed (expected {allowed}){suggest(e['input'], allowed.replace(' or ', ',').replace(chr(39), '').split(','))}"
     return f"{where}: {e['msg']} (got {e.get('input')!r})"
 
 

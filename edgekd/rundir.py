@@ -95,7 +95,7 @@ class RunDir:
         """Open or start the run directory for `recipe`, freezing the recipe into it."""
         path = Path(path)
         frozen = dump_recipe(recipe)
-        if (path / RECIPE).exists():
+        if (path / RECIPE).exists() and (path / MANIFEST).exists():
             existing = (path / RECIPE).read_text(encoding="utf-8")
             if existing != frozen:
                 if not force:
@@ -103,20 +103,20 @@ class RunDir:
                         f"{path} holds a run of a different recipe; pass --run-dir NEW_DIR for a new run "
                         "or --force to replace the recipe (every stage becomes stale)"
                     )
-                run = cls.open(path, check_recipe=False)
+                run = cls.open(path, check_recipe=False)  # the old recipe may no longer validate
                 run.recipe = recipe
                 for stage in run.manifest["stages"].values():
                     stage["status"] = "stale"
+                run.save()  # stale first: an interruption here must not leave old stages "done"
                 atomic_write_text(path / RECIPE, frozen)
-                run.save()
                 return run
             return cls.open(path)
         path.mkdir(parents=True, exist_ok=True)
         manifest = {"schema": SCHEMA_VERSION, "edgekd_version": __version__, "name": recipe.name,
                     "created": _now(), "recipe": RECIPE, "stages": {}}
-        atomic_write_text(path / RECIPE, frozen)
         run = cls(path, recipe, manifest)
         run.save()
+        atomic_write_text(path / RECIPE, frozen)
         return run
 
     @classmethod
@@ -126,11 +126,15 @@ class RunDir:
             raise RunDirError(f"{path} is not a run directory (no {MANIFEST}); start one with `edgekd run RECIPE`")
         try:
             manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-            assert isinstance(manifest, dict) and isinstance(manifest.get("stages"), dict)
-        except (ValueError, AssertionError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError) as e:
             raise RunDirError(f"{path / MANIFEST} is corrupt; re-run the pipeline into a new --run-dir") from e
-        recipe = load_recipe(path / RECIPE)
-        return cls(path, recipe, manifest)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("stages"), dict):
+            raise RunDirError(f"{path / MANIFEST} is corrupt; re-run the pipeline into a new --run-dir")
+        if not check_recipe:
+            return cls(path, None, manifest)
+        if not (path / RECIPE).is_file():
+            raise RunDirError(f"{path} is incomplete (no {RECIPE}); start again with `edgekd run RECIPE --run-dir {path}`")
+        return cls(path, load_recipe(path / RECIPE), manifest)
 
     def save(self) -> None:
         atomic_write_json(self.path / MANIFEST, self.manifest)
@@ -171,6 +175,22 @@ class RunDir:
 
     # ---- recording
 
+    def begin(self, name: str) -> float:
+        """Mark `name` as running (and everything after it stale) before any of its files change, so
+        an interrupted re-run is never mistaken for a finished stage."""
+        entry = self.manifest["stages"].get(name)
+        if entry is not None:
+            entry["status"] = "running"
+            self._stale_after(name)
+            self.save()
+        return time.time()
+
+    def _stale_after(self, name: str) -> None:
+        if name in STAGES:
+            for later in STAGES[STAGES.index(name) + 1 :]:
+                if later in self.manifest["stages"]:
+                    self.manifest["stages"][later]["status"] = "stale"
+
     def _file_entry(self, path: Path) -> dict:
         path = Path(path)
         return {"path": os.path.relpath(path, self.path), "sha256": sha256_file(path), "bytes": path.stat().st_size}
@@ -190,10 +210,7 @@ class RunDir:
         }
         entry.update(extra or {})
         self.manifest["stages"][name] = entry
-        if name in STAGES:
-            for later in STAGES[STAGES.index(name) + 1 :]:
-                if later in self.manifest["stages"]:
-                    self.manifest["stages"][later]["status"] = "stale"
+        self._stale_after(name)
         self.save()
         return entry
 

@@ -118,8 +118,11 @@ def test_usage_errors_exit_2(capsys, tmp_path):
     assert code == 2 and "--until" in err
     code, _, _ = cli(capsys, "run", ROOT / "recipes" / "tiny.yaml", "--bogus-flag")
     assert code == 2
-    code, _, err = cli(capsys, "eval", tmp_path, "--model", "teacher")
+    assert not (tmp_path / "r").exists()  # a bad --until creates nothing
+    code, _, err = cli(capsys, "eval", tmp_path / "nope", "--model", "teacher")
     assert code == 2 and "not a run directory" in err
+    code, _, err = cli(capsys, "eval", tmp_path, "--model", "teacher")
+    assert code == 1 and "not a run directory" in err
 
 
 def test_bad_data_root_names_the_fetch_command(capsys, tmp_path):
@@ -182,7 +185,7 @@ data:
   modalities: {{photo: image, clip: audio, caption: text, feats: vector}}
   image_size: 12
   audio: {{seconds: 0.25, n_mels: 16}}
-teacher: {{hidden: 16, layers: 1, heads: 2, epochs: 1, batch_size: 8, fusion: concat}}
+teacher: {{hidden: 16, layers: 1, heads: 2, epochs: 1, batch_size: 8, fusion: concat, image_patch: 4}}
 student: {{name: fusion_tiny, fusion: attention}}
 distill: {{epochs: 1, batch_size: 8, beta_modality: 0.5}}
 """)

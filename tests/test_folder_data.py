@@ -144,7 +144,7 @@ def test_preprocessing_is_fitted_on_train_only(tmp_path):
 def test_csv_variant_with_json_vectors_and_no_split_column(tmp_path):
     folder = tmp_path / "ds"
     write_csv(folder, make_rows(folder, n=20, split=False))
-    ds = load(folder)
+    ds = load(folder, val_fraction=0.1)
     sizes = {s: len(ds.split(s)) for s in ("train", "val", "test")}
     assert sizes == {"train": 14, "val": 2, "test": 4}  # per class of 10: 2 test, 1 val, 7 train
     assert ds.split("train").inputs["vec"].shape == (14, 3)
@@ -156,7 +156,7 @@ def test_seeded_stratified_split_is_deterministic_and_stratified(tmp_path):
     labels = ["x"] * 10 + ["y"] * 10 + ["z"] * 2 + ["solo"]
     write_jsonl(folder, [{"label": c, "v": [i, i % 3]} for i, c in enumerate(labels)])
     mods = {"v": "vector"}
-    a, b, c = load(folder, 1, modalities=mods), load(folder, 1, modalities=mods), load(folder, 2, modalities=mods)
+    a, b, c = (load(folder, seed, modalities=mods, val_fraction=0.1) for seed in (1, 1, 2))
     assert all(a.split(s).ids == b.split(s).ids for s in ("train", "val", "test"))
     assert any(a.split(s).ids != c.split(s).ids for s in ("train", "val", "test"))
     for name, (n_test, n_val, n_train) in {"x": (2, 1, 7), "y": (2, 1, 7), "z": (1, 0, 1), "solo": (0, 0, 1)}.items():

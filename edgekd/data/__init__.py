@@ -5,6 +5,7 @@ from pathlib import Path
 
 from edgekd.data.base import Dataset
 from edgekd.data.root import data_root
+from edgekd.errors import DataError
 
 _LOADED: dict[tuple, Dataset] = {}
 
@@ -22,4 +23,10 @@ def load_dataset(recipe, root: str | Path | None = None) -> Dataset:
             from edgekd.data.folder import load_folder
 
             _LOADED[key] = load_folder(recipe.data, root, recipe.seed)
+        data = _LOADED[key]
+        for split in ("train", "test"):
+            if not data.has_split(split) or len(data.split(split)) == 0:
+                del _LOADED[key]
+                raise DataError(f"dataset has no {split} samples; add rows with split={split} or drop the split "
+                                "column to get a seeded stratified split")
     return _LOADED[key]

@@ -19,15 +19,15 @@ from edgekd.data.download import require_avdigits
 from edgekd.data.features import audio_params
 from edgekd.errors import DataError
 from edgekd.recipe import AVDigitsData
-from edgekd.runtime.preprocess import log_mel, read_wav
+from edgekd.runtime.preprocess import log_mel, read_wav, resample
 
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
 IMAGE_SIZE = 28
 
 
 @functools.lru_cache(maxsize=2)
-def _read_fsdd(folder: str) -> tuple[tuple[str, ...], np.ndarray, str]:
-    """(file names, raw clips as an object array, sha256 of all bytes) — read once per process."""
+def _read_fsdd(folder: str) -> tuple[tuple[str, ...], tuple, str]:
+    """(file names, (samples, rate) per clip, sha256 of all bytes) — read once per process."""
     files = sorted(Path(folder).glob("*.wav"))
     h = hashlib.sha256()
     clips = []
@@ -35,12 +35,10 @@ def _read_fsdd(folder: str) -> tuple[tuple[str, ...], np.ndarray, str]:
         h.update(f.name.encode())
         h.update(f.read_bytes())
         try:
-            clips.append(read_wav(f)[0])
+            clips.append(read_wav(f))  # (samples, rate)
         except Exception as e:  # wave.Error, EOFError, ValueError
             raise DataError(f"{f} is not a readable PCM wav ({e}); re-run `edgekd data fetch avdigits`") from e
-    arr = np.empty(len(clips), dtype=object)
-    arr[:] = clips
-    return tuple(f.name for f in files), arr, h.hexdigest()
+    return tuple(f.name for f in files), tuple(clips), h.hexdigest()
 
 
 @functools.lru_cache(maxsize=2)
@@ -101,7 +99,8 @@ class AVDigits:
 
         # Audio: log-mel with scalar normalisation fitted on train clips only.
         params = audio_params(cfg.audio)
-        mels = np.stack([log_mel(c, params) for c in clips])  # (N, T, n_mels), mean 0 / std 1 in params
+        rate = params["sample_rate"]
+        mels = np.stack([log_mel(resample(c, r, rate), params) for c, r in clips])  # (N, T, n_mels), unnormalised
         train_mels = mels[self._index["train"]]
         params["mean"], params["std"] = float(train_mels.mean()), float(train_mels.std() + 1e-8)
         self._audio = ((mels - params["mean"]) / params["std"]).astype(np.float32)

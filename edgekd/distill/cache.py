@@ -61,8 +61,13 @@ class TeacherTargets:
         self._loaded[pairing] = {k: np.load(d / f"{k}.npy", mmap_mode="r") for k in meta["files"]}
         return self._loaded[pairing]
 
-    def get(self, pairing: int, idx: np.ndarray) -> dict:
-        if self.cache_dir is not None:
+    def get(self, pairing: int, idx: np.ndarray, inputs: dict | None = None) -> dict:
+        """Targets for train rows `idx` of `pairing`. `inputs` (augmented batch tensors) are run
+        through the live teacher as they are; the cache only holds un-augmented inputs."""
+        if inputs is not None and self.cache_dir is None and set(self.names) <= set(inputs):
+            sel = {k: torch.from_numpy(v) for k, v in
+                   _teacher_outputs(self.teacher, self.names, {m: inputs[m].numpy() for m in self.names}).items()}
+        elif self.cache_dir is not None:
             arrays = self._load_or_compute(pairing)
             sel = {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in arrays.items()}
         else:  # live teacher: the batch's inputs go through the teacher every step

@@ -46,8 +46,10 @@ def evaluate(model, split: Split, names: list[str], classes: list[str]) -> dict:
         "accuracy_without": {},
     }
     if len(names) > 1:
-        for i, name in enumerate(names):
-            keep = np.ones((len(split), len(names)), dtype=np.float32)
+        order = list(getattr(model, "names", names))  # the keep mask follows the model's modality order
+        for name in names:
+            i = order.index(name)
+            keep = np.ones((len(split), len(order)), dtype=np.float32)
             keep[:, i] = 0.0
             p = predict(model, split, names, keep=keep).argmax(axis=1)
             result["accuracy_without"][name] = round(float((p == split.labels).mean()), 4)

@@ -37,6 +37,8 @@ class Job:
     targets: TeacherTargets | None = None
     projectors: Projectors | None = None
     loss: dict = field(default_factory=lambda: {"alpha": 1.0, "temperature": 1.0, "beta": 0.0, "beta_modality": 0.0})
+    # what the checkpoint must have been trained for (recipe, data, teacher); resume refuses others
+    fingerprint: str = ""
 
 
 def _schedule(step: int, total: int, warmup: int) -> float:
@@ -76,16 +78,19 @@ def train(job: Job, data: Dataset, resume: bool = False, progress=None) -> list[
     start, history = 0, []
     if resume and job.checkpoint.is_file():
         ck = load_checkpoint(job.checkpoint)
+        if ck.get("fingerprint", "") != job.fingerprint:
+            raise CheckpointError(f"checkpoint {job.checkpoint} was written for another recipe, dataset or teacher; "
+                                  "run without --resume to start this stage afresh")
         try:
             job.model.load_state_dict(ck["model"])
             if job.projectors is not None:
                 job.projectors.load_state_dict(ck["projectors"])
             opt.load_state_dict(ck["optimizer"])
             sched.load_state_dict(ck["scheduler"])
-        except (KeyError, RuntimeError, ValueError) as e:
+            start, history = int(ck["epoch"]), list(ck["history"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"checkpoint {job.checkpoint} does not match this recipe's model ({e}); "
                                   "delete it or run without --resume") from e
-        start, history = int(ck["epoch"]), list(ck["history"])
 
     task = progress.add_task(job.label, total=o.epochs * steps_per_epoch, completed=start * steps_per_epoch) if progress else None
     splits: dict[int, object] = {}
@@ -102,6 +107,7 @@ def train(job: Job, data: Dataset, resume: bool = False, progress=None) -> list[
         job.model.train()
         seen = correct = 0
         loss_sum = 0.0
+        part_sums: dict[str, float] = {}
         for i in range(0, len(order), o.batch_size):
             idx = order[i : i + o.batch_size]
             x = {n: torch.from_numpy(split.inputs[n][idx]) for n in job.names}
@@ -109,7 +115,7 @@ def train(job: Job, data: Dataset, resume: bool = False, progress=None) -> list[
                 x = augment(x, kinds, gen)
             y = torch.from_numpy(split.labels[idx])
             out = job.model(x, keep=_modality_keep(len(idx), len(job.names), o.modality_dropout, gen))
-            target = job.targets.get(pairing, idx) if job.targets is not None else None
+            target = job.targets.get(pairing, idx, x if o.augment else None) if job.targets is not None else None
             loss, parts = distill_loss(out, y, target, job.projectors, **job.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -118,13 +124,16 @@ def train(job: Job, data: Dataset, resume: bool = False, progress=None) -> list[
             seen += len(idx)
             correct += int((out.logits.argmax(1) == y).sum())
             loss_sum += loss.item() * len(idx)
+            for k, v in parts.items():
+                part_sums[k] = part_sums.get(k, 0.0) + v * len(idx)
             if progress:
                 progress.update(task, advance=1, description=f"{job.label} e{epoch + 1}/{o.epochs} "
                                 f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
         history.append({"epoch": epoch + 1, "loss": round(loss_sum / seen, 5), "train_accuracy": round(correct / seen, 4),
-                        "seconds": round(time.perf_counter() - t0, 2), **{k: round(v, 5) for k, v in parts.items()}})
+                        "seconds": round(time.perf_counter() - t0, 2),
+                        **{k: round(v / seen, 5) for k, v in part_sums.items()}})
         state = {"model": job.model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "epoch": epoch + 1, "history": history,
+                 "epoch": epoch + 1, "history": history, "fingerprint": job.fingerprint,
                  "projectors": job.projectors.state_dict() if job.projectors is not None else {}}
         with atomic_path(job.checkpoint) as tmp:
             torch.save(state, tmp)

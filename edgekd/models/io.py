@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from edgekd.data.base import ModalitySpec
-from edgekd.errors import CheckpointError
+from edgekd.errors import CheckpointError, RecipeError
 from edgekd.models import create_model
 from edgekd.rundir import atomic_path, atomic_write_json
 
@@ -34,13 +34,15 @@ def save_model(model, directory: Path, *, role: str, name: str, options: dict, m
 
 
 def read_config(path: Path) -> dict:
+    problem = (f"{path} is not an edgekd model config; point at a directory written by "
+               "`edgekd teacher` (model.safetensors + config.json)")
     try:
         config = json.loads(Path(path).read_text(encoding="utf-8"))
-        assert config.get("format") == "edgekd-model/1"
-        return config
-    except (OSError, ValueError, AssertionError, AttributeError) as e:
-        raise CheckpointError(f"{path} is not an edgekd model config; point at a directory written by "
-                              "`edgekd teacher` (model.safetensors + config.json)") from e
+    except (OSError, ValueError) as e:
+        raise CheckpointError(problem) from e
+    if not isinstance(config, dict) or config.get("format") != "edgekd-model/1":
+        raise CheckpointError(problem)
+    return config
 
 
 def load_model(weights: Path, config_path: Path):
@@ -49,9 +51,13 @@ def load_model(weights: Path, config_path: Path):
     from safetensors.torch import load_file
 
     config = read_config(config_path)
-    modalities = {n: ModalitySpec(**{**s, "shape": tuple(s["shape"])}) for n, s in config["modalities"].items()}
-    model = create_model(config["name"], config["role"], modalities=modalities, num_classes=len(config["classes"]),
-                         **config["options"])
+    try:
+        modalities = {n: ModalitySpec(**{**s, "shape": tuple(s["shape"])}) for n, s in config["modalities"].items()}
+        model = create_model(config["name"], config["role"], modalities=modalities,
+                             num_classes=len(config["classes"]), **config["options"])
+    except (KeyError, TypeError, ValueError, RecipeError) as e:
+        raise CheckpointError(f"{config_path} describes a model this edgekd cannot rebuild ({e}); "
+                              "re-create it with this version") from e
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:

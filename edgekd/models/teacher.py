@@ -3,8 +3,8 @@
 ViT for images, a Whisper-style encoder (convolutional front end + transformer) or AST for log-mel
 spectrograms, a BERT-style encoder for token ids (all built
 from a config, so nothing is downloaded, or loaded from a local Hugging Face model directory),
-and an MLP for vectors. Fusion is either concatenation of the pooled encodings or a learned
-query that cross-attends over every modality's tokens.
+and an MLP for vectors. Fusion is concatenation of the pooled encodings, a learned query that
+cross-attends over every modality's tokens, or late fusion (summed per-modality logits).
 """
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ def _load_pretrained(directory: str, modality: str):
         )
     try:
         # local_files_only: never reach a hub; remote code stays off.
-        return AutoModel.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        model = AutoModel.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        # encoder-decoder audio models (Whisper): keep the encoder, which is what edgekd rebuilds
+        return model.get_encoder() if model.config.model_type == "whisper" else model
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"recipe.teacher.encoders.{modality}.pretrained: cannot load {path} ({e})") from e
 
@@ -187,9 +189,8 @@ class MultimodalTeacher(nn.Module):
         if self.fusion == "concat":
             fused = self.fuse(torch.cat([pooled[n] for n in self.names], dim=-1))
         elif self.fusion == "late":
-            logits = sum(self.late_heads[n](pooled[n]) for n in self.names)  # absent: pooled is zeroed
-            if keep is not None:
-                logits = sum(self.late_heads[n](pooled[n]) * keep[:, i : i + 1] for i, n in enumerate(self.names))
+            logits = sum(self.late_heads[n](pooled[n]) * (1.0 if keep is None else keep[:, i : i + 1])
+                         for i, n in enumerate(self.names))
             return ModelOutput(logits, torch.stack([pooled[n] for n in self.names], 1).mean(1), pooled)
         else:
             kv = torch.cat(all_tokens, dim=1)  # (B, sum L, H)
@@ -202,7 +203,7 @@ class MultimodalTeacher(nn.Module):
 
 @register_model("mm_transformer", "teacher",
                 "ViT (image) / Whisper-encoder or AST (audio log-mel) / BERT (text) / MLP (vector) encoders "
-                "from transformers; concat or cross-attention fusion")
+                "from transformers; concat, cross-attention or late fusion")
 def mm_transformer(modalities, num_classes, hidden=192, layers=4, heads=4, fusion="cross_attention", encoders=None,
                    audio_encoder="whisper", image_patch=7):
     return MultimodalTeacher(modalities, num_classes, hidden, layers, heads, fusion, encoders, audio_encoder,

@@ -2,8 +2,8 @@
 
 Everything here is numpy-only and driven by the parameters stored in a bundle's
 `preprocess.json`, so a device without torch or transformers reproduces the exact
-tensors the student saw in training. Training computes audio features with
-`transformers.audio_utils` (edgekd.data.features); a test holds both to the same numbers.
+tensors the student saw in training: training calls these same functions, and
+tests/test_preprocess.py holds the log-mel to transformers.audio_utils' as the reference.
 """
 from __future__ import annotations
 

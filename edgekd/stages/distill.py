@@ -2,17 +2,20 @@
 it (the baseline that `kd_gain` is measured against)."""
 from __future__ import annotations
 
-import difflib
 import time
+
+import torch
 
 from edgekd.data import load_dataset
 from edgekd.distill.cache import TeacherTargets
 from edgekd.distill.evaluate import evaluate
 from edgekd.distill.losses import Projectors
 from edgekd.distill.trainer import Job, train
-from edgekd.errors import RecipeError
+from edgekd.errors import RecipeError, RunDirError
 from edgekd.models import count_flops, count_params, create_model
 from edgekd.models.io import load_model
+from edgekd.plots import confusion_png
+from edgekd.recipe import recipe_hash, suggest
 from edgekd.rundir import RunDir, atomic_write_json, sha256_file
 from edgekd.stages import threads
 from edgekd.stages.teacher import example_batch
@@ -22,8 +25,7 @@ def student_modalities(recipe, data) -> list[str]:
     wanted = recipe.student.modalities or list(data.modalities)
     for m in wanted:
         if m not in data.modalities:
-            close = difflib.get_close_matches(m, list(data.modalities), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f" (the data has {list(data.modalities)})"
+            hint = suggest(m, data.modalities) or f" (the data has {list(data.modalities)})"
             raise RecipeError(f"recipe.student.modalities: unknown modality '{m}'{hint}")
     return list(dict.fromkeys(wanted))
 
@@ -32,15 +34,17 @@ def build_student(recipe, data, names):
     s = recipe.student
     options = {"fusion": s.fusion, "width": s.width, "depth": s.depth}
     specs = {n: data.modalities[n] for n in names}
+    torch.manual_seed(recipe.seed)  # the KD student and the baseline start from the same weights
     return create_model(s.name, "student", modalities=specs, num_classes=len(data.classes), **options), options, specs
 
 
-def _fit_student(run, recipe, data, names, label, targets, resume, progress, kd: bool):
+def _fit_student(run, recipe, data, names, label, targets, resume, progress, kd: bool, fingerprint: str):
     from edgekd.models.io import save_model
 
     student, options, specs = build_student(recipe, data, names)
     d = recipe.distill
-    job = Job(student, names, d, recipe.seed, run.stage_dir("distill") / label / "checkpoint.pt", label)
+    job = Job(student, names, d, recipe.seed, run.stage_dir("distill") / label / "checkpoint.pt", label,
+              fingerprint=fingerprint)
     if kd:
         dim_s, dim_t = student.embed_dim, targets.teacher.embed_dim
         job.targets = targets
@@ -53,14 +57,18 @@ def _fit_student(run, recipe, data, names, label, targets, resume, progress, kd:
 
 
 def run_distill(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dict:
-    started = time.time()
     r = run.recipe
     with threads(r.threads):
         teacher_w, teacher_c = run.artifact("teacher", "weights"), run.artifact("teacher", "config")
         teacher, _ = load_model(teacher_w, teacher_c)
         data = load_dataset(r, data_root)
+        if run.stage("teacher").get("data_fingerprint") not in (None, data.fingerprint()):
+            raise RunDirError(f"the teacher in {run.path} was trained on other data than --data-root / EDGEKD_DATA "
+                              f"gives now; re-run `edgekd teacher {run.path}` or point at the same data")
         teacher_names = list(teacher.names)
         names = student_modalities(r, data)
+        started = run.begin("distill")
+        fingerprint = f"{recipe_hash(r)}:{data.fingerprint()}:{sha256_file(teacher_w)}"
 
         cache_dir = None
         if r.distill.cache:
@@ -70,7 +78,8 @@ def run_distill(run: RunDir, data_root=None, resume: bool = False, progress=None
         targets.prepare(data.num_pairings)
         cache_seconds = round(time.time() - t0, 2)
 
-        student, history, files = _fit_student(run, r, data, names, "student", targets, resume, progress, kd=True)
+        student, history, files = _fit_student(run, r, data, names, "student", targets, resume, progress, kd=True,
+                                               fingerprint=fingerprint)
         test = data.split("test")
         result = evaluate(student, test, names, data.classes)
         teacher_acc = run.stage("teacher")["metrics"]["accuracy"]
@@ -88,7 +97,8 @@ def run_distill(run: RunDir, data_root=None, resume: bool = False, progress=None
         outputs = {"weights": files["weights"], "config": files["config"]}
         report = {"student": {**result, "history": history}}
         if r.distill.baseline:
-            base, base_hist, base_files = _fit_student(run, r, data, names, "baseline", None, resume, progress, kd=False)
+            base, base_hist, base_files = _fit_student(run, r, data, names, "baseline", None, resume, progress,
+                                                       kd=False, fingerprint=fingerprint)
             base_result = evaluate(base, test, names, data.classes)
             metrics["baseline_accuracy"] = base_result["accuracy"]
             metrics["kd_gain"] = round(result["accuracy"] - base_result["accuracy"], 4)
@@ -98,7 +108,11 @@ def run_distill(run: RunDir, data_root=None, resume: bool = False, progress=None
             metrics["baseline_accuracy"] = None
             metrics["kd_gain"] = None
         outputs["eval"] = atomic_write_json(run.stage_dir("distill") / "eval.json", report)
+        outputs["confusion"] = confusion_png(result["confusion"], data.classes,
+                                             f"student, test accuracy {result['accuracy']:.3f}",
+                                             run.stage_dir("distill") / "confusion.png")
         run.record("distill", started=started, outputs=outputs,
                    inputs={"teacher_weights": teacher_w, "teacher_config": teacher_c}, metrics=metrics,
-                   extra={"cache": str(cache_dir.relative_to(run.path)) if cache_dir else None})
+                   extra={"cache": str(cache_dir.relative_to(run.path)) if cache_dir else None,
+                          "data_fingerprint": data.fingerprint()})
     return metrics

@@ -3,15 +3,20 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
+
+import torch
 
 from edgekd.data import load_dataset
 from edgekd.distill.evaluate import evaluate
 from edgekd.distill.trainer import Job, train
-from edgekd.errors import CheckpointError
+from edgekd.errors import CheckpointError, RecipeError
 from edgekd.models import count_flops, count_params, create_model
 from edgekd.models.io import CONFIG, WEIGHTS, load_model_dir, save_model
-from edgekd.rundir import RunDir, atomic_write_json
+from edgekd.plots import confusion_png
+from edgekd.recipe import recipe_hash, suggest
+from edgekd.rundir import RunDir, atomic_path, atomic_write_json
 from edgekd.stages import threads
 
 
@@ -28,22 +33,37 @@ def _adopt(run: RunDir, data, out_dir: Path):
     model, config = load_model_dir(src)
     if config["role"] != "teacher":
         raise CheckpointError(f"recipe.teacher.checkpoint: {src} holds a {config['role']}, not a teacher")
-    if set(config["modalities"]) != set(data.modalities) or config["classes"] != data.classes:
-        raise CheckpointError(f"recipe.teacher.checkpoint: {src} was trained on modalities {sorted(config['modalities'])} "
-                              f"and classes {config['classes']}, not this dataset's; retrain with teacher.checkpoint: null")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ours = {n: asdict(s) for n, s in data.modalities.items()}
+    theirs = {n: {**s, "shape": tuple(s["shape"])} for n, s in config["modalities"].items()}
+    if theirs != {n: {**s, "shape": tuple(s["shape"])} for n, s in ours.items()} or config["classes"] != data.classes:
+        raise CheckpointError(f"recipe.teacher.checkpoint: {src} was trained on other inputs or classes "
+                              f"({theirs} / {config['classes']}) than this dataset's; retrain with teacher.checkpoint: null")
     for name in (WEIGHTS, CONFIG):
-        shutil.copyfile(src / name, out_dir / f".{name}.tmp")
-        (out_dir / f".{name}.tmp").replace(out_dir / name)
+        with atomic_path(out_dir / name) as tmp:
+            shutil.copyfile(src / name, tmp)
     return model, []
 
 
+def check_encoders(recipe, data) -> None:
+    for name in recipe.teacher.encoders:
+        if name not in data.modalities or data.modalities[name].kind == "vector":
+            options = [n for n, s in data.modalities.items() if s.kind != "vector"]
+            raise RecipeError(f"recipe.teacher.encoders: '{name}' is not an image/audio/text modality of the data"
+                              f"{suggest(name, options) or f' (choose from {options})'}")
+    for n, s in data.modalities.items():
+        if s.kind == "image" and s.shape[1] % recipe.teacher.image_patch:
+            divisors = [d for d in range(2, s.shape[1] + 1) if s.shape[1] % d == 0]
+            raise RecipeError(f"recipe.teacher.image_patch: {recipe.teacher.image_patch} does not divide the image size "
+                              f"{s.shape[1]}; choose one of {divisors}")
+
+
 def run_teacher(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dict:
-    started = time.time()
     r = run.recipe
     with threads(r.threads):
         data = load_dataset(r, data_root)
+        check_encoders(r, data)
         names = list(data.modalities)
+        started = run.begin("teacher")
         out_dir = run.stage_dir("teacher")
         if r.teacher.checkpoint:
             model, history = _adopt(run, data, out_dir)
@@ -52,9 +72,12 @@ def run_teacher(run: RunDir, data_root=None, resume: bool = False, progress=None
             t = r.teacher
             options = {"hidden": t.hidden, "layers": t.layers, "heads": t.heads, "fusion": t.fusion,
                        "audio_encoder": t.audio_encoder, "image_patch": t.image_patch}
+            torch.manual_seed(r.seed)  # initial weights follow the recipe's seed
             model = create_model(t.name, "teacher", modalities=data.modalities, num_classes=len(data.classes),
                                  encoders={n: e.model_dump() for n, e in t.encoders.items()}, **options)
-            history = train(Job(model, names, t, r.seed, out_dir / "checkpoint.pt", "teacher"), data, resume, progress)
+            job = Job(model, names, t, r.seed, out_dir / "checkpoint.pt", "teacher",
+                      fingerprint=f"{recipe_hash(r)}:{data.fingerprint()}")
+            history = train(job, data, resume, progress)
             files = save_model(model, out_dir, role="teacher", name=t.name, options=options,
                                modalities=data.modalities, classes=data.classes)
         result = evaluate(model, data.split("test"), names, data.classes)
@@ -65,5 +88,8 @@ def run_teacher(run: RunDir, data_root=None, resume: bool = False, progress=None
             "accuracy_without": result["accuracy_without"],
         }
         report = atomic_write_json(out_dir / "eval.json", {**result, "history": history})
-        run.record("teacher", started=started, outputs={**files, "eval": report}, metrics=metrics)
+        png = confusion_png(result["confusion"], data.classes, f"teacher, test accuracy {result['accuracy']:.3f}",
+                            out_dir / "confusion.png")
+        run.record("teacher", started=started, outputs={**files, "eval": report, "confusion": png}, metrics=metrics,
+                   extra={"data_fingerprint": data.fingerprint()})
     return metrics
