@@ -28,7 +28,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
 def _progress(quiet: bool):
-    from edgekd.stages import progress_bar
+    from edgekd.progress import progress_bar
 
     return progress_bar(enabled=not quiet and sys.stderr.isatty())
 

@@ -104,3 +104,10 @@ def test_arbitrary_mappings_either_load_or_raise_recipe_error(extra):
         recipe_from_dict(raw)
     except RecipeError as e:
         assert str(e).startswith("recipe: recipe.distill") or "recipe.distill" in str(e)
+
+
+def test_cross_field_checks():
+    assert "cache: false" in _err({**BASE, "distill": {"augment": True}})
+    assert "fmax" in _err({"name": "r", "data": {"name": "avdigits", "audio": {"fmax": 6000}}})
+    assert "recipe.student.modalities" in _err({**BASE, "student": {"modalities": []}})
+    assert "divisible by heads" in _err({**BASE, "teacher": {"hidden": 30, "heads": 4}})

@@ -81,3 +81,22 @@ def test_corrupt_manifest_and_non_run_dir(tmp_path):
     (run.path / "manifest.json").write_text("{not json")
     with pytest.raises(RunDirError, match="corrupt"):
         RunDir.open(run.path)
+
+
+def test_begin_marks_a_rerun_running_so_an_interrupted_stage_is_not_done(tmp_path):
+    run = RunDir.create(tmp_path / "run", RECIPE)
+    a = atomic_write_text(run.stage_dir("teacher") / "m", "x")
+    run.record("teacher", started=0.0, outputs={"weights": a})
+    run.record("distill", started=0.0, outputs={"weights": a})
+    run.begin("teacher")  # ... and then the process is killed
+    again = RunDir.open(run.path)
+    assert again.stage("teacher")["status"] == "running" and not again.is_done("teacher")
+    assert again.stage("distill")["status"] == "stale"
+    assert again.stage("teacher")["outputs"]["weights"]["sha256"] == sha256_file(a)  # previous record kept
+
+
+def test_interrupted_creation_is_recoverable(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "recipe.yaml").write_text("name: old\n")  # killed before the manifest existed
+    run = RunDir.create(tmp_path / "run", RECIPE)
+    assert RunDir.open(run.path).recipe == RECIPE

@@ -133,3 +133,11 @@ def test_confusion_and_per_class_by_hand():
     assert pc["a"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2}
     assert pc["b"]["precision"] == pytest.approx(0.6667, abs=1e-4) and pc["b"]["recall"] == 1.0
     assert pc["c"]["f1"] == 0.0
+
+
+def test_resume_refuses_a_checkpoint_of_another_recipe_or_teacher(toy, tmp_path):
+    ck = tmp_path / "ck.pt"
+    train(Job(_student(toy), NAMES, Optim(epochs=1, batch_size=16), 0, ck, "s", fingerprint="recipe-a"), toy)
+    with pytest.raises(CheckpointError, match="another recipe, dataset or teacher"):
+        train(Job(_student(toy), NAMES, Optim(epochs=2, batch_size=16), 0, ck, "s", fingerprint="recipe-b"), toy,
+              resume=True)

@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 
 from edgekd.data.base import SPLITS, ModalitySpec, Split
+from edgekd.data.features import audio_params
 from edgekd.errors import DataError
 from edgekd.recipe import FolderData
 from edgekd.runtime import preprocess as pp
@@ -265,11 +266,7 @@ def _images(paths, rows, col, cfg: FolderData, train, where):
 
 
 def _audio(paths, rows, col, cfg: FolderData, train, where):
-    a = cfg.audio
-    p = {"kind": "audio", "sample_rate": a.sample_rate, "num_samples": round(a.seconds * a.sample_rate),
-         "n_fft": a.n_fft, "hop_length": a.hop_length, "n_mels": a.n_mels, "fmin": float(a.fmin),
-         "fmax": float(a.fmax if a.fmax is not None else a.sample_rate / 2), "mel_floor": 1e-10,
-         "mean": 0.0, "std": 1.0}
+    p = audio_params(cfg.audio)
     x = np.stack([_decode(pp.audio_from_wav, f, p, r, col, "PCM wav", where) for f, r in zip(paths, rows)])
     p["mean"], p["std"] = _scalar_stats(x[train])
     # As for images: log_mel normalises in float64 before its float32 cast, so recompute.
