@@ -12,8 +12,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def data_dir() -> Path:
+def real_data_root() -> Path:
     """The real datasets ($EDGEKD_DATA); tests that need them skip with a reason otherwise."""
     env = os.environ.get("EDGEKD_DATA")
     if not env:
@@ -22,6 +21,11 @@ def data_dir() -> Path:
     if not (path / "fsdd" / "recordings").is_dir() or not (path / "mnist5k" / "mnist_5k.csv.gz").is_file():
         pytest.skip(f"avdigits files are not under EDGEKD_DATA={path}; run `edgekd data fetch avdigits`")
     return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return real_data_root()
 
 
 class ToyData:

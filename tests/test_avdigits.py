@@ -13,13 +13,9 @@ def av():
 
 
 def _module_data_dir():
-    import os
-    from pathlib import Path
+    from conftest import real_data_root
 
-    env = os.environ.get("EDGEKD_DATA")
-    if not env or not (Path(env) / "fsdd" / "recordings").is_dir():
-        pytest.skip("EDGEKD_DATA with the avdigits files is not available")
-    return Path(env)
+    return real_data_root()
 
 
 def test_speaker_held_out_split_has_1000_test_clips_from_unseen_speakers(av):

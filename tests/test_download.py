@@ -5,7 +5,6 @@ import functools
 import hashlib
 import http.server
 import io
-import os
 import shutil
 import tarfile
 import threading
@@ -20,14 +19,8 @@ TOP = "free-spoken-digit-dataset-1.0.10"
 
 
 @pytest.fixture(scope="module")
-def real_data() -> Path:
-    env = os.environ.get("EDGEKD_DATA")
-    if not env:
-        pytest.skip("EDGEKD_DATA is not set (CI sets it to ../shared/data)")
-    root = Path(env)
-    if not (root / "fsdd" / "recordings").is_dir() or not (root / "mnist5k" / "mnist_5k.csv.gz").is_file():
-        pytest.skip(f"EDGEKD_DATA={env} lacks fsdd/recordings or mnist5k/mnist_5k.csv.gz")
-    return root
+def real_data(data_dir) -> Path:
+    return data_dir
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ to transformers.audio_utils' spectrogram with the same parameters as the referen
 """
 from __future__ import annotations
 
-import numpy as np
-
 from edgekd.recipe import AudioFeatures
 
 

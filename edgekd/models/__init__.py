@@ -68,7 +68,6 @@ def count_params(model) -> int:
 
 def count_flops(model, example: dict) -> int:
     """Forward FLOPs for one sample (batch 1), counted by torch's FlopCounterMode."""
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training
