@@ -113,7 +113,15 @@ def data_fetch(name: Annotated[str, typer.Argument(help="Dataset to download (av
     if name != "avdigits":
         raise UsageError(f"unknown dataset '{name}'; the built-in dataset is 'avdigits'")
     root = resolve(data_root)
-    result = fetch_avdigits(root, mirror=mirror)
+    with _progress(quiet=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def report(done: int, total: int | None, label: str) -> None:
+            if label not in tasks:
+                tasks[label] = bar.add_task(f"downloading {label}", total=total)
+            bar.update(tasks[label], completed=done)
+
+        result = fetch_avdigits(root, mirror=mirror, progress=report)
     for item in result["downloaded"]:
         typer.echo(f"downloaded {item}")
     for item in result["skipped"]:

@@ -119,6 +119,7 @@ class TeacherConfig(Optim):
     )
     image_patch: int = Field(7, gt=0, description="ViT patch size in pixels (must divide the image size).")
     hidden: int = Field(192, gt=0, description="Transformer width.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout inside the transformer encoders.")
     layers: int = Field(4, ge=1, description="Transformer layers per encoder.")
     heads: int = Field(4, ge=1, description="Attention heads.")
     encoders: dict[str, EncoderSource] = Field(

@@ -183,3 +183,22 @@ def test_local_folder_mirror_and_present_recordings_are_skipped(real_data, tmp_p
     out = dl.fetch_avdigits(root, mirror=str(mirror))  # no archive in the mirror: FSDD must be skipped
     assert out == {"downloaded": ["mnist5k"], "skipped": ["fsdd"], "paths": out["paths"]}
     assert sha256(root / "mnist5k" / "mnist_5k.csv.gz") == dl.MNIST_SHA256
+
+
+def test_cli_fetch_through_a_local_server(server, real_data, fsdd_archive, tmp_path, capsys):
+    from edgekd.cli import main
+
+    url, served = server
+    serve(served, real_data, fsdd_archive)
+    root = tmp_path / "data"
+    main(["data", "fetch", "avdigits", "--data-root", str(root), "--mirror", url])
+    out = capsys.readouterr().out
+    assert "downloaded" in out and (root / "fsdd" / "recordings" / "0_george_0.wav").is_file()
+    (served / dl.MNIST_NAME).write_bytes(b"tampered")
+    (root / "mnist5k" / dl.MNIST_NAME).unlink()
+    with pytest.raises(SystemExit) as e:
+        main(["data", "fetch", "avdigits", "--data-root", str(root), "--mirror", url])
+    assert e.value.code == 1 and "sha256" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["data", "fetch", "mnist", "--data-root", str(root)])
+    assert e.value.code == 2

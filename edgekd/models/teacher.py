@@ -48,13 +48,14 @@ def _from_config(config, auto: bool):
     return AutoModel.from_config(config, add_pooling_layer=False)
 
 
-def _new_encoder(spec: ModalitySpec, hidden: int, layers: int, heads: int, audio_encoder: str, image_patch: int):
+def _new_encoder(spec: ModalitySpec, hidden: int, layers: int, heads: int, audio_encoder: str, image_patch: int,
+                 dropout: float):
     """A fresh transformers encoder for one modality, sized by the recipe."""
     from transformers import ASTConfig, ASTModel, BertConfig, BertModel, ViTConfig, ViTModel, WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     common = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                  intermediate_size=4 * hidden, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+                  intermediate_size=4 * hidden, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     if spec.kind == "image":
         c, h, _ = spec.shape
         patch = image_patch if h % image_patch == 0 else 1
@@ -64,7 +65,7 @@ def _new_encoder(spec: ModalitySpec, hidden: int, layers: int, heads: int, audio
         return WhisperEncoder(WhisperConfig(
             num_mel_bins=mels, d_model=hidden, encoder_layers=layers, encoder_attention_heads=heads,
             encoder_ffn_dim=4 * hidden, max_source_positions=(frames + 1) // 2, decoder_layers=1,
-            dropout=0.1, attention_dropout=0.1))
+            dropout=dropout, attention_dropout=dropout))
     if spec.kind == "audio":
         frames, mels = spec.shape
         patch = min(16, mels, frames)
@@ -78,7 +79,7 @@ class HFEncoder(nn.Module):
     """Wraps a transformers encoder: input tensor -> (tokens (B, L, H), padding mask (B, L) or None)."""
 
     def __init__(self, spec: ModalitySpec, hidden: int, layers: int, heads: int, audio_encoder: str = "whisper",
-                 source: dict | None = None, image_patch: int = 7):
+                 source: dict | None = None, image_patch: int = 7, dropout: float = 0.1):
         super().__init__()
         from transformers import AutoConfig
 
@@ -91,7 +92,7 @@ class HFEncoder(nn.Module):
         elif source.get("pretrained"):
             self.net = _load_pretrained(source["pretrained"], spec.name)
         else:
-            self.net = _new_encoder(spec, hidden, layers, heads, audio_encoder, image_patch)
+            self.net = _new_encoder(spec, hidden, layers, heads, audio_encoder, image_patch, dropout)
         cfg = self.net.config
         self.model_type = cfg.model_type
         if spec.kind == "audio" and getattr(cfg, "num_mel_bins", spec.shape[1]) != spec.shape[1]:
@@ -143,7 +144,7 @@ def _pool(tokens: torch.Tensor, pad: torch.Tensor | None, kind: str) -> torch.Te
 class MultimodalTeacher(nn.Module):
     def __init__(self, modalities: dict[str, ModalitySpec], num_classes: int, hidden: int = 192,
                  layers: int = 4, heads: int = 4, fusion: str = "cross_attention", encoders: dict | None = None,
-                 audio_encoder: str = "whisper", image_patch: int = 7):
+                 audio_encoder: str = "whisper", image_patch: int = 7, dropout: float = 0.1):
         super().__init__()
         encoders = encoders or {}
         self.names = list(modalities)
@@ -151,7 +152,7 @@ class MultimodalTeacher(nn.Module):
         self.fusion = fusion
         self.encoders = nn.ModuleDict({
             n: VectorEncoder(s.shape[0], hidden) if s.kind == "vector"
-            else HFEncoder(s, hidden, layers, heads, audio_encoder, encoders.get(n), image_patch)
+            else HFEncoder(s, hidden, layers, heads, audio_encoder, encoders.get(n), image_patch, dropout)
             for n, s in modalities.items()
         })
         if fusion == "concat":
@@ -205,6 +206,6 @@ class MultimodalTeacher(nn.Module):
                 "ViT (image) / Whisper-encoder or AST (audio log-mel) / BERT (text) / MLP (vector) encoders "
                 "from transformers; concat, cross-attention or late fusion")
 def mm_transformer(modalities, num_classes, hidden=192, layers=4, heads=4, fusion="cross_attention", encoders=None,
-                   audio_encoder="whisper", image_patch=7):
+                   audio_encoder="whisper", image_patch=7, dropout=0.1):
     return MultimodalTeacher(modalities, num_classes, hidden, layers, heads, fusion, encoders, audio_encoder,
-                             image_patch)
+                             image_patch, dropout)

@@ -70,7 +70,8 @@ def run_teacher(run: RunDir, data_root=None, resume: bool = False, progress=None
         else:
             t = r.teacher
             options = {"hidden": t.hidden, "layers": t.layers, "heads": t.heads, "fusion": t.fusion,
-                       "audio_encoder": t.audio_encoder, "image_patch": t.image_patch}
+                       "audio_encoder": t.audio_encoder, "image_patch": t.image_patch,
+                       "dropout": t.dropout}
             torch.manual_seed(r.seed)  # initial weights follow the recipe's seed
             model = create_model(t.name, "teacher", modalities=data.modalities, num_classes=len(data.classes),
                                  encoders={n: e.model_dump() for n, e in t.encoders.items()}, **options)
