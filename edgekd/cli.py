@@ -150,6 +150,10 @@ def data_info(target: Annotated[str, typer.Argument(help="'avdigits' or a recipe
         typer.echo(f"  {line}")
 
 
+INTERRUPTED = ("edgekd: interrupted; nothing half-written was recorded (training stages keep their finished "
+               "epochs: continue with --resume)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors print one line and exit non-zero (traceback: EDGEKD_DEBUG=1)."""
     debug = os.environ.get("EDGEKD_DEBUG") == "1"
@@ -161,8 +165,14 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"edgekd: error: {e}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        typer.echo("edgekd: interrupted; finished epochs are checkpointed, continue with --resume", err=True)
+        typer.echo(INTERRUPTED, err=True)
         sys.exit(130)
+    except OSError as e:  # unwritable run directory, full disk, ...
+        if debug:
+            raise
+        typer.echo(f"edgekd: error: cannot use {e.filename or 'a file'} ({e.strerror or e}); "
+                   "pass --run-dir / --data-root pointing at a writable folder with free space", err=True)
+        sys.exit(1)
     except Exception as e:
         # Typer ships its own copy of click's exceptions, so match them by shape, not by class:
         # usage errors (exit 2) can show themselves, Exit carries a code, Abort is Ctrl-C at a prompt.
@@ -179,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     # Typer turns Ctrl-C into a returned 130 when not in standalone mode
     if rc == 130:
-        typer.echo("edgekd: interrupted; finished epochs are checkpointed, continue with --resume", err=True)
+        typer.echo(INTERRUPTED, err=True)
     if isinstance(rc, int) and rc:
         sys.exit(rc)
 

@@ -24,6 +24,10 @@ class CheckpointError(EdgekdError):
     """A checkpoint or model directory cannot be used."""
 
 
+class TrainingError(EdgekdError):
+    """Training diverged or cannot proceed with these settings."""
+
+
 class DownloadError(EdgekdError):
     """A download failed or produced a file whose hash differs from the pinned one."""
 

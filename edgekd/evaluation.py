@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.errors import UsageError
+from edgekd.errors import RunDirError, UsageError
 
 _MODELS = {"teacher": ("teacher", "weights", "config"), "student": ("distill", "weights", "config"),
            "baseline": ("distill", "baseline_weights", "baseline_config")}
@@ -29,6 +29,9 @@ def evaluate_run(run_dir: Path, which: str, data_root=None) -> dict:
     model, config = load_model(run.artifact(stage, w), run.artifact(stage, c))
     with threads(run.recipe.threads):
         data = load_dataset(run.recipe, data_root)
+        if run.stage(stage).get("data_fingerprint") not in (None, data.fingerprint()):
+            raise RunDirError(f"this {which} was trained on other data than --data-root / EDGEKD_DATA gives now; "
+                              "point at the same data or re-run the pipeline")
         test = data.split("test")
         result = evaluate(model, test, list(config["modalities"]), data.classes)
     return {"model": which, "samples": len(test), **result}

@@ -51,7 +51,7 @@ class AVDigitsData(Strict):
     )
     test_speakers: list[str] = Field(["lucas", "yweweler"], min_length=1, description="Held-out speakers.")
     image_pca_variance: float | None = Field(
-        0.5, gt=0, le=1, description="Degrade images to the PCA components explaining this fraction "
+        0.7, gt=0, le=1, description="Degrade images to the PCA components explaining this fraction "
         "of the train-image variance (null: clean images)."
     )
     pairings: int = Field(4, ge=1, description="Distinct seeded train pairings, cycled over epochs.")
@@ -71,7 +71,8 @@ class FolderData(Strict):
     )
     split_column: str = Field("split", description="Optional column with train/val/test.")
     val_fraction: float = Field(
-        0.0, ge=0, lt=1, description="Used when there is no split column; val is reported, not trained on."
+        0.0, ge=0, lt=1, description="Used when there is no split column; val rows are held out of training "
+        "(kept for your own model selection; stages report the test split)."
     )
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Used when there is no split column.")
     image_size: int = Field(28, gt=0, description="Images are converted to grayscale and resized to this.")
@@ -171,6 +172,20 @@ class Recipe(Strict):
     student: StudentConfig = StudentConfig()
     distill: DistillConfig = DistillConfig()
 
+    @model_validator(mode="after")
+    def _modality_names(self):
+        known = ["image", "audio"] if self.data.name == "avdigits" else list(self.data.modalities)
+        for m in self.student.modalities or []:
+            if m not in known:
+                raise ValueError(f"student.modalities: unknown modality '{m}'{suggest(m, known)} (the data has {known})")
+        for m in self.teacher.encoders:
+            if m not in known:
+                raise ValueError(f"teacher.encoders: unknown modality '{m}'{suggest(m, known)} (the data has {known})")
+            if self.data.name == "folder" and self.data.modalities[m] == "text" and self.teacher.encoders[m].pretrained:
+                raise ValueError(f"teacher.encoders.{m}.pretrained: a pretrained text encoder needs its own tokenizer, "
+                                 "which edgekd does not load yet; leave it out to build the text encoder from config")
+        return self
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
@@ -220,6 +235,9 @@ def _format(err: ValidationError, raw: dict) -> str:
     if e["type"] == "literal_error":
         allowed = e.get("ctx", {}).get("expected", "")
         return f"{where}: {e['input']!r} is not allowed (expected {allowed}){suggest(e['input'], allowed.replace(' or ', ',').replace(chr(39), '').split(','))}"
+    if e["type"] == "value_error":  # our own validators: the message already names the fields
+        msg = e["msg"].removeprefix("Value error, ")
+        return f"{where}: {msg}" if loc else f"recipe.{msg}"
     return f"{where}: {e['msg']} (got {e.get('input')!r})"
 
 

@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from edgekd import __version__
-from edgekd.errors import RunDirError
+from edgekd.errors import RecipeError, RunDirError
 from edgekd.recipe import STAGES, Recipe, dump_recipe, load_recipe
 
 MANIFEST = "manifest.json"
@@ -96,7 +96,12 @@ class RunDir:
         path = Path(path)
         frozen = dump_recipe(recipe)
         if (path / RECIPE).exists() and (path / MANIFEST).exists():
-            existing = (path / RECIPE).read_text(encoding="utf-8")
+            try:  # compare meaning, not text: a newer edgekd may add defaulted fields to the dump
+                existing = dump_recipe(load_recipe(path / RECIPE))
+            except RecipeError:
+                existing = None
+            if existing == frozen and (path / RECIPE).read_text(encoding="utf-8") != frozen:
+                atomic_write_text(path / RECIPE, frozen)
             if existing != frozen:
                 if not force:
                     raise RunDirError(
@@ -146,7 +151,10 @@ class RunDir:
 
     def is_done(self, name: str) -> bool:
         st = self.stage(name)
-        return bool(st) and st.get("status") == "done"
+        if not st or st.get("status") != "done":
+            return False
+        return all((self.path / e["path"]).is_file() and sha256_file(self.path / e["path"]) == e["sha256"]
+                   for e in st.get("outputs", {}).values())
 
     def require(self, name: str) -> dict:
         st = self.stage(name)

@@ -77,6 +77,13 @@ def test_cross_modal_audio_only_student(tiny_run, tmp_path, capsys):
     assert m["modalities"] == ["audio"] and m["accuracy_without"] == {} and m["kd_gain"] is None
 
 
+def test_adopting_a_teacher_trained_on_other_data_is_refused(tiny_run, tmp_path, capsys):
+    code, _, err = cli(capsys, "teacher", ROOT / "recipes" / "tiny.yaml", "--run-dir", tmp_path / "other",
+                       "--set", "data.image_pca_variance=0.3", "--set", f"teacher.checkpoint={tiny_run / 'teacher'}", "-q")
+    assert code == 1 and "trained on other data" in err
+    assert json.loads((tmp_path / "other" / "manifest.json").read_text())["stages"] == {}  # nothing recorded
+
+
 def test_tampered_teacher_is_refused(tiny_run, tmp_path, capsys):
     import shutil
 

@@ -126,3 +126,12 @@ def test_corrupt_weights_and_config(tmp_path):
         load_model_dir(tmp_path)
     with pytest.raises(CheckpointError, match="not an edgekd model directory"):
         load_model_dir(tmp_path / "nowhere")
+
+
+def test_cross_attention_teacher_stays_finite_when_a_sample_has_no_tokens_left():
+    mods = {"text": MODS["text"], "vector": MODS["vector"]}
+    t = _tiny_teacher("cross_attention", mods=mods).eval()
+    x = _batch(mods=mods)
+    x["text"][:] = 0  # empty texts: every token is padding
+    keep = torch.tensor([[1.0, 0.0]] * 3)  # ... and the vector is absent
+    assert torch.isfinite(t(x, keep=keep).logits).all()

@@ -111,3 +111,10 @@ def test_cross_field_checks():
     assert "fmax" in _err({"name": "r", "data": {"name": "avdigits", "audio": {"fmax": 6000}}})
     assert "recipe.student.modalities" in _err({**BASE, "student": {"modalities": []}})
     assert "divisible by heads" in _err({**BASE, "teacher": {"hidden": 30, "heads": 4}})
+
+
+def test_modality_names_are_checked_before_any_stage_runs():
+    msg = _err({**BASE, "student": {"modalities": ["audo"]}})
+    assert "recipe.student.modalities" in msg and "did you mean 'audio'" in msg
+    msg = _err({**BASE, "teacher": {"encoders": {"imag": {"pretrained": "/x"}}}})
+    assert "recipe.teacher.encoders" in msg and "'image'" in msg

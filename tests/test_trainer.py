@@ -141,3 +141,20 @@ def test_resume_refuses_a_checkpoint_of_another_recipe_or_teacher(toy, tmp_path)
     with pytest.raises(CheckpointError, match="another recipe, dataset or teacher"):
         train(Job(_student(toy), NAMES, Optim(epochs=2, batch_size=16), 0, ck, "s", fingerprint="recipe-b"), toy,
               resume=True)
+
+
+def test_a_trailing_batch_of_one_sample_does_not_break_batchnorm(tmp_path):
+    from conftest import ToyData
+
+    data = ToyData(n=49)  # 3 batches of 16 and one lonely sample
+    hist = train(Job(_student(data), NAMES, Optim(epochs=1, batch_size=16), 0, tmp_path / "ck.pt", "s"), data)
+    assert hist[0]["epoch"] == 1
+
+
+def test_a_diverging_loss_is_a_clear_error(toy, tmp_path):
+    from edgekd.errors import TrainingError
+
+    bad = toy.split("train")
+    bad.inputs["image"][:] = float("nan")
+    with pytest.raises(TrainingError, match="lower the learning rate"):
+        train(Job(_student(toy), NAMES, Optim(epochs=1, batch_size=16), 0, tmp_path / "ck.pt", "s"), toy)

@@ -19,7 +19,7 @@ from edgekd.data.base import Dataset
 from edgekd.distill.augment import augment
 from edgekd.distill.cache import TeacherTargets
 from edgekd.distill.losses import Projectors, distill_loss
-from edgekd.errors import CheckpointError
+from edgekd.errors import CheckpointError, TrainingError
 from edgekd.recipe import Optim
 from edgekd.rundir import atomic_path
 
@@ -108,8 +108,12 @@ def train(job: Job, data: Dataset, resume: bool = False, progress=None) -> list[
         seen = correct = 0
         loss_sum = 0.0
         part_sums: dict[str, float] = {}
-        for i in range(0, len(order), o.batch_size):
-            idx = order[i : i + o.batch_size]
+        # a trailing batch of one sample would break BatchNorm: fold it into the batch before
+        starts = list(range(0, len(order), o.batch_size))
+        if len(starts) > 1 and len(order) - starts[-1] == 1:
+            starts.pop()
+        for k, i in enumerate(starts):
+            idx = order[i : starts[k + 1] if k + 1 < len(starts) else len(order)]
             x = {n: torch.from_numpy(split.inputs[n][idx]) for n in job.names}
             if o.augment:
                 x = augment(x, kinds, gen)
@@ -117,6 +121,9 @@ def train(job: Job, data: Dataset, resume: bool = False, progress=None) -> list[
             out = job.model(x, keep=_modality_keep(len(idx), len(job.names), o.modality_dropout, gen))
             target = job.targets.get(pairing, idx, x if o.augment else None) if job.targets is not None else None
             loss, parts = distill_loss(out, y, target, job.projectors, **job.loss)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"{job.label}: the loss became {loss.item()} in epoch {epoch + 1}; lower the "
+                                    "learning rate (recipe lr) or check the data for extreme values")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -18,12 +18,13 @@ WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
 def save_model(model, directory: Path, *, role: str, name: str, options: dict, modalities: dict[str, ModalitySpec],
-               classes: list[str]) -> dict[str, Path]:
+               classes: list[str], data_fingerprint: str | None = None) -> dict[str, Path]:
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
     config = {"format": "edgekd-model/1", "role": role, "name": name, "options": options,
-              "modalities": {n: asdict(s) for n, s in modalities.items()}, "classes": classes}
+              "modalities": {n: asdict(s) for n, s in modalities.items()}, "classes": classes,
+              "data_fingerprint": data_fingerprint}
     if hasattr(model, "encoder_sources"):
         config["options"] = {**options, "encoders": model.encoder_sources()}
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}

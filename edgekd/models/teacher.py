@@ -162,6 +162,9 @@ class MultimodalTeacher(nn.Module):
         else:
             self.query = nn.Parameter(torch.randn(1, 1, hidden) * 0.02)
             self.type_emb = nn.Parameter(torch.zeros(len(self.names), hidden))
+            # a learned key that is never masked: a sample whose every token is padding or absent
+            # (empty text with the other modality dropped) would otherwise attend to nothing -> NaN
+            self.null_kv = nn.Parameter(torch.zeros(1, 1, hidden))
             self.attn = nn.MultiheadAttention(hidden, heads, dropout=0.1, batch_first=True)
             self.ffn = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, 2 * hidden), nn.GELU(),
                                      nn.Linear(2 * hidden, hidden))
@@ -194,7 +197,9 @@ class MultimodalTeacher(nn.Module):
                          for i, n in enumerate(self.names))
             return ModelOutput(logits, torch.stack([pooled[n] for n in self.names], 1).mean(1), pooled)
         else:
-            kv = torch.cat(all_tokens, dim=1)  # (B, sum L, H)
+            b = all_tokens[0].shape[0]
+            kv = torch.cat([self.null_kv.expand(b, -1, -1)] + all_tokens, dim=1)  # (B, 1 + sum L, H)
+            all_pads = [torch.zeros(b, 1, dtype=torch.bool, device=kv.device)] + all_pads
             q = self.query.expand(kv.shape[0], -1, -1)
             attended, _ = self.attn(q, kv, kv, key_padding_mask=torch.cat(all_pads, dim=1))
             h = q + attended

@@ -52,7 +52,8 @@ def _fit_student(run, recipe, data, names, label, targets, resume, progress, kd:
         job.loss = {"alpha": d.alpha, "temperature": d.temperature, "beta": d.beta, "beta_modality": d.beta_modality}
     history = train(job, data, resume, progress)
     files = save_model(student, run.stage_dir("distill") / label, role="student", name=recipe.student.name,
-                       options=options, modalities=specs, classes=data.classes)
+                       options=options, modalities=specs, classes=data.classes,
+                       data_fingerprint=data.fingerprint())
     return student, history, files
 
 

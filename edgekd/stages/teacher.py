@@ -26,8 +26,8 @@ def example_batch(data, names: list[str]) -> dict:
     return {n: torch.from_numpy(split.inputs[n][:1]) for n in names}
 
 
-def _adopt(run: RunDir, data, out_dir: Path):
-    """Use the teacher directory the recipe names, after checking it fits this dataset."""
+def _check_adoptable(run: RunDir, data):
+    """Load the teacher directory the recipe names and check it was trained for this dataset."""
     src = Path(run.recipe.teacher.checkpoint).expanduser()
     model, config = load_model_dir(src)
     if config["role"] != "teacher":
@@ -37,10 +37,17 @@ def _adopt(run: RunDir, data, out_dir: Path):
     if theirs != {n: {**s, "shape": tuple(s["shape"])} for n, s in ours.items()} or config["classes"] != data.classes:
         raise CheckpointError(f"recipe.teacher.checkpoint: {src} was trained on other inputs or classes "
                               f"({theirs} / {config['classes']}) than this dataset's; retrain with teacher.checkpoint: null")
+    if config.get("data_fingerprint") not in (None, data.fingerprint()):
+        raise CheckpointError(f"recipe.teacher.checkpoint: {src} was trained on other data (another split, "
+                              "degradation or files), so its test scores would not be honest; retrain with "
+                              "teacher.checkpoint: null or use the same data settings")
+    return src, model
+
+
+def _copy_teacher(src: Path, out_dir: Path) -> None:
     for name in (WEIGHTS, CONFIG):
         with atomic_path(out_dir / name) as tmp:
             shutil.copyfile(src / name, tmp)
-    return model, []
 
 
 def check_encoders(recipe, data) -> None:
@@ -62,10 +69,14 @@ def run_teacher(run: RunDir, data_root=None, resume: bool = False, progress=None
         data = load_dataset(r, data_root)
         check_encoders(r, data)
         names = list(data.modalities)
+        adopted = _check_adoptable(run, data) if r.teacher.checkpoint else None  # before anything changes
         started = run.begin("teacher")
         out_dir = run.stage_dir("teacher")
-        if r.teacher.checkpoint:
-            model, history = _adopt(run, data, out_dir)
+        inputs = {}
+        if adopted:
+            src, model = adopted
+            _copy_teacher(src, out_dir)
+            history, inputs = [], {"source_weights": src / WEIGHTS}
             files = {"weights": out_dir / WEIGHTS, "config": out_dir / CONFIG}
         else:
             t = r.teacher
@@ -79,7 +90,8 @@ def run_teacher(run: RunDir, data_root=None, resume: bool = False, progress=None
                       fingerprint=f"{recipe_hash(r)}:{data.fingerprint()}")
             history = train(job, data, resume, progress)
             files = save_model(model, out_dir, role="teacher", name=t.name, options=options,
-                               modalities=data.modalities, classes=data.classes)
+                               modalities=data.modalities, classes=data.classes,
+                               data_fingerprint=data.fingerprint())
         result = evaluate(model, data.split("test"), names, data.classes)
         metrics = {
             "accuracy": result["accuracy"],
@@ -91,5 +103,5 @@ def run_teacher(run: RunDir, data_root=None, resume: bool = False, progress=None
         png = confusion_png(result["confusion"], data.classes, f"teacher, test accuracy {result['accuracy']:.3f}",
                             out_dir / "confusion.png")
         run.record("teacher", started=started, outputs={**files, "eval": report, "confusion": png}, metrics=metrics,
-                   extra={"data_fingerprint": data.fingerprint()})
+                   inputs=inputs, extra={"data_fingerprint": data.fingerprint()})
     return metrics
