@@ -71,7 +71,8 @@ def train(job: Job, data: Dataset, resume: bool = False, progress=None) -> list[
     o = job.optim
     params = list(job.model.parameters()) + (list(job.projectors.parameters()) if job.projectors else [])
     opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-    n_train = len(data.split("train", 0))
+    splits = {0: data.split("train", 0)}  # one pairing in memory at a time; epoch 0 reuses this one
+    n_train = len(splits[0])
     steps_per_epoch = math.ceil(n_train / o.batch_size)
     total, warmup = steps_per_epoch * o.epochs, max(1, int(o.warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total, warmup))
@@ -93,7 +94,6 @@ def train(job: Job, data: Dataset, resume: bool = False, progress=None) -> list[
                                   "delete it or run without --resume") from e
 
     task = progress.add_task(job.label, total=o.epochs * steps_per_epoch, completed=start * steps_per_epoch) if progress else None
-    splits: dict[int, object] = {}
     kinds = {n: s.kind for n, s in data.modalities.items()}
     for epoch in range(start, o.epochs):
         t0 = time.perf_counter()
