@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/edgekd data fetch avdigits
-	$(VENV)/bin/edgekd run recipes/avdigits.yaml --until distill
+	$(VENV)/bin/edgekd run recipes/avdigits.yaml
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -44,10 +44,10 @@ def _stage(stage: str, target, run_dir, data_root, sets, resume, force, quiet):
 
 
 @app.command()
-def run(target: Target, until: Annotated[str, typer.Option("--until", help="Last stage to run.")] = "distill",
+def run(target: Target, until: Annotated[str, typer.Option("--until", help="Last stage to run.")] = "qat",
         run_dir: RunDirOpt = None, data_root: DataRoot = None, set_: Sets = None, resume: Resume = False,
         force: Force = False, quiet: Quiet = False):
-    """Run the pipeline (teacher -> distill) for a recipe; finished stages are kept unless --force."""
+    """Run the pipeline (teacher -> distill -> qat) for a recipe; finished stages are kept unless --force."""
     from edgekd.pipeline import check_until, open_run, run_pipeline
 
     check_until(until)  # before anything is created on disk
@@ -69,6 +69,28 @@ def distill(target: Target, run_dir: RunDirOpt = None, data_root: DataRoot = Non
             resume: Resume = False, force: Force = False, quiet: Quiet = False):
     """Distill the teacher into the student (and train the no-KD baseline)."""
     _stage("distill", target, run_dir, data_root, set_, resume, force, quiet)
+
+
+@app.command()
+def qat(target: Target, run_dir: RunDirOpt = None, data_root: DataRoot = None, set_: Sets = None,
+        resume: Resume = False, force: Force = False, quiet: Quiet = False,
+        list_layers: Annotated[bool, typer.Option("--list-layers", help="Print the distilled student's quantizable "
+                                                  "layer names (for recipe qat.exclude) and exit.")] = False):
+    """Quantize the distilled student to INT8 with ModelOpt: fold BatchNorm, calibrate (PTQ), then
+    quantization-aware distillation (QAD) or plain QAT; prints the accuracy budget."""
+    if list_layers:
+        from edgekd.pipeline import open_run
+        from edgekd.quant.fold import fold_batchnorm
+        from edgekd.quant.int8 import quantizable_layers
+        from edgekd.stages.qat import load_fp32_student
+
+        run_ = open_run(target, run_dir, set_)
+        model, _ = load_fp32_student(run_)
+        fold_batchnorm(model)
+        for name in quantizable_layers(model, run_.recipe.qat.quantize_embeddings):
+            typer.echo(name)
+        return
+    _stage("qat", target, run_dir, data_root, set_, resume, force, quiet)
 
 
 @app.command("eval")

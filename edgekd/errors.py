@@ -32,6 +32,14 @@ class DownloadError(EdgekdError):
     """A download failed or produced a file whose hash differs from the pinned one."""
 
 
+class ExportError(EdgekdError):
+    """ONNX export, a parity rung or the TensorRT lint failed."""
+
+
+class BundleError(EdgekdError):
+    """A device bundle is incomplete, tampered with, or given inputs it cannot take."""
+
+
 class UsageError(EdgekdError):
     """A CLI argument is wrong."""
 

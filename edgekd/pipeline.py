@@ -28,9 +28,10 @@ def open_run(target: str | Path, run_dir: str | Path | None = None, overrides: l
 
 def stage_functions():
     from edgekd.stages.distill import run_distill
+    from edgekd.stages.qat import run_qat
     from edgekd.stages.teacher import run_teacher
 
-    return {"teacher": run_teacher, "distill": run_distill}
+    return {"teacher": run_teacher, "distill": run_distill, "qat": run_qat}
 
 
 def check_until(until: str) -> None:
@@ -65,4 +66,13 @@ def summary_line(stage: str, m: dict) -> str:
         gain = "" if m.get("kd_gain") is None else f", no-KD baseline {_pct(m['baseline_accuracy'])}, KD gain {100 * m['kd_gain']:+.1f} pt"
         return (f"distill: student accuracy {_pct(m['accuracy'])} (teacher {_pct(m['teacher_accuracy'])}){gain}; "
                 f"{m['params']:,} params (1/{m['teacher_params_ratio']:.0f} of the teacher)")
+    if stage == "qat":
+        side = ", ".join(f"{k[:3].upper()} {_pct(m[k])}" for k in ("qat_accuracy", "qad_accuracy") if m.get(k) is not None)
+        lines = [f"qat: INT8 {m['method'].upper()} accuracy {_pct(m['accuracy'])} (FP32 {_pct(m['fp32_accuracy'])}, "
+                 f"PTQ {_pct(m['ptq_accuracy'])}; {side}); {m['quantizers_enabled']} quantizers",
+                 "  accuracy budget (test split):"]
+        for row in m.get("budget", []):
+            delta = "" if row["delta"] is None else f"  {100 * row['delta']:+.1f} pt"
+            lines.append(f"    {row['stage']:<40} {_pct(row['accuracy']):>6}{delta}")
+        return "\n".join(lines)
     return f"{stage}: done"

@@ -14,7 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgekd.errors import RecipeError
 
-STAGES = ("teacher", "distill")  # grows with the pipeline; order matters
+STAGES = ("teacher", "distill", "qat")  # grows with the pipeline; order matters
+# The recipe sections each stage reads first (a stage also depends on everything before it), so a
+# changed qat setting re-runs qat only, not the teacher.
+STAGE_SECTIONS = {"teacher": ("seed", "data", "teacher"), "distill": ("student", "distill"), "qat": ("qat",)}
 
 
 class Strict(BaseModel):
@@ -163,6 +166,36 @@ class DistillConfig(Optim):
         return self
 
 
+class QatConfig(Optim):
+    """Fold BatchNorm, quantize to INT8 with ModelOpt (TensorRT's explicit-quantization form),
+    calibrate, then fine-tune with the teacher still teaching (QAD) or with labels only (QAT)."""
+
+    epochs: int = Field(4, ge=1, description="Fine-tuning passes over the train split.")
+    lr: float = Field(3e-4, gt=0, description="Peak AdamW learning rate (about a tenth of the distill lr).")
+    warmup_epochs: float = Field(0.0, ge=0, description="Linear warm-up length in epochs.")
+    method: Literal["qad", "qat"] = Field(
+        "qad", description="qad: distillation loss against the cached teacher outputs plus labels; qat: labels only."
+    )
+    compare: bool = Field(True, description="Also fine-tune with the other method and report both side by side.")
+    algorithm: Literal["max", "mse", "smoothquant"] = Field(
+        "max", description="ModelOpt INT8 calibration algorithm (smoothquant acts on Linear layers only)."
+    )
+    calib_batches: int = Field(16, ge=1, description="Real train batches (of batch_size) used for calibration.")
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Module-name patterns (fnmatch, e.g. 'encoders.image.body.0.*' or '*.out') kept unquantized.",
+    )
+    quantize_embeddings: bool = Field(False, description="Quantize nn.Embedding layers too (off: kept in FP32).")
+    alpha: float = Field(0.5, ge=0, le=1, description="QAD: weight of the label loss; 1 - alpha goes to KD.")
+    temperature: float = Field(4.0, gt=0, description="QAD: softmax temperature of the KD term.")
+
+    @model_validator(mode="after")
+    def _no_augment(self):
+        if self.augment:
+            raise ValueError("qat.augment must be false (the cached teacher outputs are for un-augmented inputs)")
+        return self
+
+
 class Recipe(Strict):
     name: str = Field(description="Run name; the run directory defaults to runs/<name>.")
     seed: int = Field(0, description="Seed for splits, pairings, init and batch order.")
@@ -171,6 +204,7 @@ class Recipe(Strict):
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
     distill: DistillConfig = DistillConfig()
+    qat: QatConfig = QatConfig()
 
     @model_validator(mode="after")
     def _modality_names(self):
@@ -292,6 +326,17 @@ def recipe_from_dict(raw: Any, overrides: list[str] | None = None, source: str =
 
 def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def first_changed_stage(old: Recipe | None, new: Recipe) -> str | None:
+    """The earliest stage whose recipe sections differ between two recipes (None: no stage's)."""
+    if old is None:
+        return STAGES[0]
+    a, b = old.model_dump(mode="json"), new.model_dump(mode="json")
+    for stage in STAGES:
+        if any(a.get(k) != b.get(k) for k in STAGE_SECTIONS[stage]):
+            return stage
+    return None
 
 
 def recipe_hash(recipe: Recipe) -> str:

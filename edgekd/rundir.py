@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgekd import __version__
 from edgekd.errors import RecipeError, RunDirError
-from edgekd.recipe import STAGES, Recipe, dump_recipe, load_recipe
+from edgekd.recipe import STAGES, Recipe, dump_recipe, first_changed_stage, load_recipe
 
 MANIFEST = "manifest.json"
 RECIPE = "recipe.yaml"
@@ -97,21 +97,26 @@ class RunDir:
         frozen = dump_recipe(recipe)
         if (path / RECIPE).exists() and (path / MANIFEST).exists():
             try:  # compare meaning, not text: a newer edgekd may add defaulted fields to the dump
-                existing = dump_recipe(load_recipe(path / RECIPE))
+                old = load_recipe(path / RECIPE)
+                existing = dump_recipe(old)
             except RecipeError:
-                existing = None
+                old, existing = None, None
             if existing == frozen and (path / RECIPE).read_text(encoding="utf-8") != frozen:
                 atomic_write_text(path / RECIPE, frozen)
             if existing != frozen:
                 if not force:
                     raise RunDirError(
                         f"{path} holds a run of a different recipe; pass --run-dir NEW_DIR for a new run "
-                        "or --force to replace the recipe (every stage becomes stale)"
+                        "or --force to replace the recipe (stages whose settings changed, and those after "
+                        "them, become stale)"
                     )
                 run = cls.open(path, check_recipe=False)  # the old recipe may no longer validate
                 run.recipe = recipe
-                for stage in run.manifest["stages"].values():
-                    stage["status"] = "stale"
+                first = first_changed_stage(old, recipe)
+                changed = STAGES[STAGES.index(first):] if first else ()
+                for name, stage in run.manifest["stages"].items():
+                    if name in changed or name not in STAGES:
+                        stage["status"] = "stale"
                 run.save()  # stale first: an interruption here must not leave old stages "done"
                 atomic_write_text(path / RECIPE, frozen)
                 return run

@@ -64,3 +64,29 @@ class ToyData:
 @pytest.fixture
 def toy() -> ToyData:
     return ToyData()
+
+
+def train_until_killed(job, data, stop_after):
+    """Run `train` but die (like a SIGKILL between epochs) once `stop_after` checkpoints are on disk."""
+    import contextlib
+
+    import edgekd.distill.trainer as trainer
+    from edgekd.distill.trainer import train
+
+    real = trainer.atomic_path
+    calls = {"n": 0}
+
+    @contextlib.contextmanager
+    def dying_atomic_path(path):
+        with real(path) as tmp:
+            yield tmp
+        calls["n"] += 1
+        if calls["n"] == stop_after:
+            raise KeyboardInterrupt
+
+    trainer.atomic_path = dying_atomic_path
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(job, data)
+    finally:
+        trainer.atomic_path = real

@@ -34,7 +34,7 @@ def tiny_run(tmp_path_factory):
     return run_dir
 
 
-def test_run_until_distill_writes_the_manifest_contract(tiny_run):
+def test_run_writes_the_manifest_contract(tiny_run):
     m = json.loads((tiny_run / "manifest.json").read_text())
     teacher, distill = m["stages"]["teacher"], m["stages"]["distill"]
     assert teacher["status"] == distill["status"] == "done"
@@ -50,7 +50,51 @@ def test_run_until_distill_writes_the_manifest_contract(tiny_run):
 
 def test_rerun_keeps_finished_stages(tiny_run, capsys):
     code, out, _ = cli(capsys, "run", ROOT / "recipes" / "tiny.yaml", "--run-dir", tiny_run, "-q")
-    assert code == 0 and "teacher: up to date" in out and "distill: up to date" in out
+    assert code == 0 and "teacher: up to date" in out and "distill: up to date" in out and "qat: up to date" in out
+
+
+def test_qat_stage_records_accuracies_budget_and_a_restorable_model(tiny_run):
+    from edgekd.data import load_dataset
+    from edgekd.distill.evaluate import evaluate
+    from edgekd.rundir import RunDir
+    from edgekd.stages.qat import load_quantized_student
+
+    st = json.loads((tiny_run / "manifest.json").read_text())["stages"]["qat"]
+    m = st["metrics"]
+    assert st["status"] == "done" and m["method"] == "qad"
+    assert {"fp32_accuracy", "ptq_accuracy", "accuracy", "qat_accuracy", "qad_accuracy"} <= set(m)
+    assert m["accuracy"] == m["qad_accuracy"] and m["fp32_accuracy"] == json.loads(
+        (tiny_run / "manifest.json").read_text())["stages"]["distill"]["metrics"]["accuracy"]
+    assert [r["stage"].split(" ")[0] for r in m["budget"]] == ["teacher", "student", "student", "student", "student"]
+    assert "| student INT8 QAD |" in (tiny_run / "qat" / "budget.md").read_text()
+    assert {"model", "ptq", "config", "budget", "eval"} <= set(st["outputs"])
+    run = RunDir.open(tiny_run)
+    model, config = load_quantized_student(run)  # what the export stage rebuilds
+    result = evaluate(model, load_dataset(run.recipe).split("test"), list(config["modalities"]), config["classes"])
+    assert result["accuracy"] == m["accuracy"]
+
+
+def test_qat_list_layers_and_resume(tiny_run, capsys):
+    code, out, _ = cli(capsys, "qat", tiny_run, "--list-layers")
+    assert code == 0 and "encoders.image.body.0.0" in out.split() and "encoders.audio.out" in out.split()
+    code, out, err = cli(capsys, "qat", tiny_run, "--resume", "-q")
+    assert code == 0 and "accuracy budget" in out, err
+    hist = json.loads((tiny_run / "qat" / "eval.json").read_text())["qad"]["history"]
+    assert [h["epoch"] for h in hist] == [1]  # the epoch came from the checkpoint, not re-trained
+
+
+def test_qat_exclude_matching_nothing_is_one_line_and_changes_nothing(tiny_run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    code, _, err = cli(capsys, "qat", ROOT / "recipes" / "tiny.yaml", "--run-dir", copy, "--force",
+                       "--set", "qat.exclude=[encoders.imag.body.0.0]", "-q")
+    assert code == 1 and "recipe.qat.exclude: 'encoders.imag.body.0.0' matches no quantizable layer" in err
+    assert "did you mean 'encoders.image.body.0.0'" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    stages = json.loads((copy / "manifest.json").read_text())["stages"]  # only the changed section's stage is stale
+    assert [stages[s]["status"] for s in ("teacher", "distill", "qat")] == ["done", "done", "stale"]
+    assert (copy / "qat" / "student.pth").read_bytes() == (tiny_run / "qat" / "student.pth").read_bytes()
 
 
 def test_eval_command(tiny_run, capsys):

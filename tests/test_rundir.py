@@ -66,12 +66,26 @@ def test_different_recipe_is_refused_unless_forced(tmp_path):
     run = RunDir.create(tmp_path / "run", RECIPE)
     a = atomic_write_text(run.stage_dir("teacher") / "m", "x")
     run.record("teacher", started=0.0, outputs={"weights": a})
-    other = recipe_from_dict({"name": "r", "data": {"name": "avdigits"}, "distill": {"epochs": 2}})
+    other = recipe_from_dict({"name": "r", "data": {"name": "avdigits"}, "teacher": {"epochs": 2}})
     with pytest.raises(RunDirError, match="--run-dir"):
         RunDir.create(tmp_path / "run", other)
     forced = RunDir.create(tmp_path / "run", other, force=True)
     assert forced.stage("teacher")["status"] == "stale"
-    assert RunDir.open(tmp_path / "run").recipe.distill.epochs == 2
+    assert RunDir.open(tmp_path / "run").recipe.teacher.epochs == 2
+
+
+def test_forcing_a_changed_section_stales_only_that_stage_and_later(tmp_path):
+    run = RunDir.create(tmp_path / "run", RECIPE)
+    for stage in ("teacher", "distill", "qat"):
+        run.record(stage, started=0.0, outputs={"f": atomic_write_text(run.stage_dir(stage) / "f", stage)})
+    changed = recipe_from_dict({"name": "r", "data": {"name": "avdigits"}, "distill": {"lr": 0.01}})
+    forced = RunDir.create(tmp_path / "run", changed, force=True)
+    assert [forced.stage(s)["status"] for s in ("teacher", "distill", "qat")] == ["done", "stale", "stale"]
+    qat_only = recipe_from_dict({"name": "r", "data": {"name": "avdigits"}, "distill": {"lr": 0.01}, "qat": {"epochs": 9}})
+    for stage in ("distill", "qat"):
+        forced.record(stage, started=0.0, outputs={"f": atomic_write_text(forced.stage_dir(stage) / "f", stage)})
+    again = RunDir.create(tmp_path / "run", qat_only, force=True)
+    assert [again.stage(s)["status"] for s in ("teacher", "distill", "qat")] == ["done", "done", "stale"]
 
 
 def test_corrupt_manifest_and_non_run_dir(tmp_path):

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import train_until_killed
 from edgekd.distill.cache import TeacherTargets
 from edgekd.distill.evaluate import confusion, evaluate, per_class
 from edgekd.distill.losses import Projectors
@@ -42,38 +43,13 @@ def test_resume_after_interruption_matches_uninterrupted_run(toy, tmp_path):
     first = _student(toy)
     ck = tmp_path / "killed.pt"
     job = Job(first, NAMES, Optim(epochs=3, batch_size=16), 0, ck, "s")
-    _train_epochs(job, toy, stop_after=1)
+    train_until_killed(job, toy, stop_after=1)
     assert load_checkpoint(ck)["epoch"] == 1
     resumed = _student(toy)
     hist = train(Job(resumed, NAMES, Optim(epochs=3, batch_size=16), 0, ck, "s"), toy, resume=True)
     assert [h["epoch"] for h in hist] == [1, 2, 3]
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b)
-
-
-def _train_epochs(job, data, stop_after):
-    """Run `train` but die (like a SIGKILL between epochs) once `stop_after` checkpoints are on disk."""
-    import contextlib
-
-    import edgekd.distill.trainer as trainer
-
-    real = trainer.atomic_path
-    calls = {"n": 0}
-
-    @contextlib.contextmanager
-    def dying_atomic_path(path):
-        with real(path) as tmp:
-            yield tmp
-        calls["n"] += 1
-        if calls["n"] == stop_after:
-            raise KeyboardInterrupt
-
-    trainer.atomic_path = dying_atomic_path
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(job, data)
-    finally:
-        trainer.atomic_path = real
 
 
 def test_corrupt_checkpoint_is_a_clear_error(toy, tmp_path):

@@ -1,0 +1,1 @@
+"""ONNX export of students and teachers, the parity ladder, and the offline TensorRT lint."""
