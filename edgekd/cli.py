@@ -44,10 +44,10 @@ def _stage(stage: str, target, run_dir, data_root, sets, resume, force, quiet):
 
 
 @app.command()
-def run(target: Target, until: Annotated[str, typer.Option("--until", help="Last stage to run.")] = "qat",
+def run(target: Target, until: Annotated[str, typer.Option("--until", help="Last stage to run.")] = "export",
         run_dir: RunDirOpt = None, data_root: DataRoot = None, set_: Sets = None, resume: Resume = False,
         force: Force = False, quiet: Quiet = False):
-    """Run the pipeline (teacher -> distill -> qat) for a recipe; finished stages are kept unless --force."""
+    """Run the pipeline (teacher -> distill -> qat -> export) for a recipe; finished stages are kept unless --force."""
     from edgekd.pipeline import check_until, open_run, run_pipeline
 
     check_until(until)  # before anything is created on disk
@@ -91,6 +91,63 @@ def qat(target: Target, run_dir: RunDirOpt = None, data_root: DataRoot = None, s
             typer.echo(name)
         return
     _stage("qat", target, run_dir, data_root, set_, resume, force, quiet)
+
+
+@app.command()
+def export(target: Target, run_dir: RunDirOpt = None, data_root: DataRoot = None, set_: Sets = None,
+           force: Force = False, quiet: Quiet = False):
+    """Export ONNX models (student FP32, INT8 QDQ for TensorRT, INT8 for the CPU, teacher FP32), run the
+    parity ladder and the offline TensorRT lint, and write the device bundle (runs/<name>/bundle)."""
+    _stage("export", target, run_dir, data_root, set_, False, force, quiet)
+
+
+@app.command("predict")
+def predict_(bundle: Annotated[Path, typer.Argument(help="A bundle directory (runs/<name>/bundle).")],
+             image: Annotated[Optional[str], typer.Option("--image", help="png/jpg for the image input.")] = None,
+             audio: Annotated[Optional[str], typer.Option("--audio", help="wav for the audio input.")] = None,
+             text: Annotated[Optional[str], typer.Option("--text", help="Text for the text input.")] = None,
+             vector: Annotated[Optional[str], typer.Option("--vector", help="Numbers for the vector input, e.g. 0.1,2,3.")] = None,
+             inputs: Annotated[Optional[list[str]], typer.Option("--input", help="NAME=VALUE for any input by name "
+                                                                 "(repeatable), e.g. --input photo=cat.png.")] = None,
+             model: Annotated[Optional[str], typer.Option("--model", help="Model key in the bundle (default: its default_model).")] = None,
+             threads: Annotated[int, typer.Option("--threads", min=1, help="onnxruntime intra-op threads.")] = 1,
+             as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
+    """Classify one sample from raw files with a bundle (onnxruntime + numpy; torch is never imported)."""
+    from edgekd.runtime.bundle import load_bundle
+    from edgekd.runtime.predict import input_kinds, predict
+
+    kinds = input_kinds(load_bundle(bundle))
+    values: dict[str, str] = {}
+    for kind, value in (("image", image), ("audio", audio), ("text", text), ("vector", vector)):
+        if value is None:
+            continue
+        same = [n for n, k in kinds.items() if k == kind]
+        name = kind if kind in kinds else (same[0] if len(same) == 1 else None)
+        if name is None:
+            raise UsageError(f"--{kind}: this bundle has {'no' if not same else 'several'} {kind} inputs "
+                             f"({', '.join(f'{n}: {k}' for n, k in kinds.items())}); use --input NAME=VALUE")
+        values[name] = value
+    for item in inputs or []:
+        if "=" not in item:
+            raise UsageError(f"--input {item!r}: expected NAME=VALUE, e.g. --input image=x.png")
+        name, value = item.split("=", 1)
+        values[name.strip()] = value
+    files = {n: v for n, v in values.items() if kinds.get(n) in ("image", "audio")}
+    texts = {n: v for n, v in values.items() if kinds.get(n) == "text"}
+    vectors = {}
+    for n, v in values.items():
+        if kinds.get(n) == "vector":
+            try:
+                vectors[n] = [float(x) for x in v.strip("[] ").split(",") if x.strip()]
+            except ValueError:
+                raise UsageError(f"--{n} {v!r}: expected comma-separated numbers, e.g. 0.5,1,2") from None
+    unknown = {n: v for n, v in values.items() if n not in kinds}
+    result = predict(bundle, files={**files, **unknown}, texts=texts, vectors=vectors, model=model, threads=threads)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    top = sorted(result["probabilities"].items(), key=lambda kv: -kv[1])[:3]
+    typer.echo(f"{result['label']}  ({result['model']}; " + ", ".join(f"{k}: {p:.3f}" for k, p in top) + ")")
 
 
 @app.command("eval")

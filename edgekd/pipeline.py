@@ -28,10 +28,11 @@ def open_run(target: str | Path, run_dir: str | Path | None = None, overrides: l
 
 def stage_functions():
     from edgekd.stages.distill import run_distill
+    from edgekd.stages.export import run_export
     from edgekd.stages.qat import run_qat
     from edgekd.stages.teacher import run_teacher
 
-    return {"teacher": run_teacher, "distill": run_distill, "qat": run_qat}
+    return {"teacher": run_teacher, "distill": run_distill, "qat": run_qat, "export": run_export}
 
 
 def check_until(until: str) -> None:
@@ -74,5 +75,12 @@ def summary_line(stage: str, m: dict) -> str:
         for row in m.get("budget", []):
             delta = "" if row["delta"] is None else f"  {100 * row['delta']:+.1f} pt"
             lines.append(f"    {row['stage']:<40} {_pct(row['accuracy']):>6}{delta}")
+        return "\n".join(lines)
+    if stage == "export":
+        lines = ["export: parity ladder passed; accuracy through onnxruntime (test split):"]
+        for key, v in m.items():
+            if isinstance(v, dict):
+                lines.append(f"    {key:<18} {_pct(v['accuracy']):>6}  max |diff| {v['max_abs_diff']:.2g}  "
+                             f"top-1 agreement {v['top1_agreement']:.3f}  {v['bytes'] / 1024:,.0f} KiB")
         return "\n".join(lines)
     return f"{stage}: done"

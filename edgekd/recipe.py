@@ -14,10 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgekd.errors import RecipeError
 
-STAGES = ("teacher", "distill", "qat")  # grows with the pipeline; order matters
+STAGES = ("teacher", "distill", "qat", "export")  # grows with the pipeline; order matters
 # The recipe sections each stage reads first (a stage also depends on everything before it), so a
 # changed qat setting re-runs qat only, not the teacher.
-STAGE_SECTIONS = {"teacher": ("seed", "data", "teacher"), "distill": ("student", "distill"), "qat": ("qat",)}
+STAGE_SECTIONS = {"teacher": ("seed", "data", "teacher"), "distill": ("student", "distill"), "qat": ("qat",),
+                  "export": ("export",)}
 
 
 class Strict(BaseModel):
@@ -196,6 +197,25 @@ class QatConfig(Optim):
         return self
 
 
+class ExportConfig(Strict):
+    """ONNX models, the parity ladder and the device bundle."""
+
+    teacher: bool = Field(True, description="Also export the teacher (FP32), so benchmarks compare on one backend.")
+    cpu_int8: bool = Field(True, description="Also build the INT8 model onnxruntime's CPU provider fuses.")
+    cpu_calib_batches: int = Field(8, ge=1, description="Real train batches of 64 calibrating the CPU INT8 model.")
+    cpu_calib_method: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="onnxruntime calibration method for the CPU INT8 model.")
+    parity_batch: int = Field(32, ge=2, description="The larger batch of each parity rung (the other is 1).")
+    fp32_tolerance: float = Field(1e-4, gt=0, description="Max abs logit diff, PyTorch FP32 vs onnxruntime FP32.")
+    qdq_tolerance: float = Field(
+        0.05, gt=0, description="Max abs logit diff, PyTorch fake-quant vs onnxruntime QDQ (one INT8 step of "
+        "rounding difference may flip, so not 0).")
+    qdq_min_agreement: float = Field(0.95, ge=0, le=1, description="Top-1 agreement required of the QDQ rung.")
+    cpu_int8_min_agreement: float = Field(
+        0.9, ge=0, le=1, description="Top-1 agreement of the CPU INT8 model with PyTorch FP32 over the test "
+        "split (its own calibration, so logits differ more than the QDQ model's).")
+
+
 class Recipe(Strict):
     name: str = Field(description="Run name; the run directory defaults to runs/<name>.")
     seed: int = Field(0, description="Seed for splits, pairings, init and batch order.")
@@ -205,6 +225,7 @@ class Recipe(Strict):
     student: StudentConfig = StudentConfig()
     distill: DistillConfig = DistillConfig()
     qat: QatConfig = QatConfig()
+    export: ExportConfig = ExportConfig()
 
     @model_validator(mode="after")
     def _modality_names(self):

@@ -28,6 +28,10 @@ _VERSIONED = ("torch", "transformers", "onnx", "onnxruntime", "nvidia-modelopt",
 # --------------------------------------------------------------------------- atomic files
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextmanager
 def atomic_path(path: Path):
     """Yield a temp path beside `path`; on success it replaces `path` in one rename."""
@@ -39,6 +43,7 @@ def atomic_path(path: Path):
         yield Path(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts are ordinary files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

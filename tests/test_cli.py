@@ -74,6 +74,86 @@ def test_qat_stage_records_accuracies_budget_and_a_restorable_model(tiny_run):
     assert result["accuracy"] == m["accuracy"]
 
 
+def test_export_stage_records_the_parity_ladder_and_a_verified_bundle(tiny_run):
+    from edgekd.runtime.bundle import load_bundle
+
+    st = json.loads((tiny_run / "manifest.json").read_text())["stages"]["export"]
+    assert st["status"] == "done"
+    keys = {"student_fp32", "student_int8_qdq", "student_int8_cpu", "teacher_fp32"}
+    assert keys <= set(st["metrics"]) and keys <= set(st["outputs"])
+    for k in keys:
+        m = st["metrics"][k]
+        assert {"max_abs_diff", "top1_agreement", "accuracy"} <= set(m) and 0 <= m["accuracy"] <= 1
+    assert st["metrics"]["student_fp32"]["max_abs_diff"] <= 1e-4 and st["metrics"]["student_fp32"]["top1_agreement"] == 1.0
+    parity = json.loads((tiny_run / "export" / "parity.json").read_text())
+    assert set(parity["student_fp32"]["batches"]) == {"1", "32"}
+    assert json.loads((tiny_run / "export" / "lint.json").read_text())["student_int8_qdq"]["ok"]
+    bundle = load_bundle(tiny_run / "bundle")
+    assert set(bundle.manifest["models"]) == keys and bundle.labels == [str(i) for i in range(10)]
+    assert {i["name"] for i in bundle.io_spec["inputs"]} == {"image", "audio"}
+
+
+def _raw_test_sample(run_dir, tmp_path, i=0):
+    """A test clip's wav and its paired (degraded) MNIST image as a png: what a device receives."""
+    from PIL import Image
+
+    from edgekd.data import load_dataset
+    from edgekd.data.root import data_root
+    from edgekd.rundir import RunDir
+
+    data = load_dataset(RunDir.open(run_dir).recipe)
+    clip = data._index["test"][i]
+    png = tmp_path / "digit.png"
+    Image.fromarray(data.raw_image(int(data.pairing("test")[i]))).save(png)
+    return data, data.clip_path(data_root(), clip), png
+
+
+def test_predict_from_raw_files_matches_the_exported_model_without_torch(tiny_run, tmp_path, capsys):
+    import numpy as np
+
+    from edgekd.exporting.parity import ort_session
+
+    data, wav, png = _raw_test_sample(tiny_run, tmp_path)
+    code, out, err = cli(capsys, "predict", tiny_run / "bundle", "--image", png, "--audio", wav, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["model"] == "student_int8_cpu" and abs(sum(result["probabilities"].values()) - 1) < 1e-9
+    test = data.split("test")
+    logits = ort_session(tiny_run / "export" / "student_int8_cpu.onnx").run(
+        ["logits"], {k: v[:1] for k, v in test.inputs.items()})[0][0]
+    assert result["label"] == data.classes[int(np.argmax(logits))]  # raw files -> numpy preprocessing -> same input
+    probe = ("import sys; sys.modules['torch'] = None; from edgekd.cli import main; "
+             f"main(['predict', {str(tiny_run / 'bundle')!r}, '--image', {str(png)!r}, '--audio', {str(wav)!r}, "
+             "'--model', 'student_fp32', '--json'])")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["model"] == "student_fp32"
+
+
+def test_predict_errors_are_one_line(tiny_run, tmp_path, capsys):
+    _, wav, png = _raw_test_sample(tiny_run, tmp_path)
+    code, _, err = cli(capsys, "predict", tiny_run / "bundle", "--image", png)
+    assert code == 2 and "missing --audio" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(capsys, "predict", tiny_run / "bundle", "--image", png, "--audio", wav, "--text", "hi")
+    assert code == 2 and "no text inputs" in err
+    code, _, err = cli(capsys, "predict", tiny_run / "bundle", "--image", wav, "--audio", wav)
+    assert code == 2 and "not a readable png or jpg" in err
+    code, _, err = cli(capsys, "predict", tiny_run / "bundle", "--image", png, "--audio", wav, "--model", "nope")
+    assert code == 2 and "student_fp32" in err
+
+
+def test_tampered_bundle_is_refused(tiny_run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_run / "bundle", copy)
+    with open(copy / "labels.json", "a") as f:
+        f.write(" ")
+    _, wav, png = _raw_test_sample(tiny_run, tmp_path)
+    code, _, err = cli(capsys, "predict", copy, "--image", png, "--audio", wav)
+    assert code == 1 and "labels.json" in err and "edgekd export" in err and "Traceback" not in err
+
+
 def test_qat_list_layers_and_resume(tiny_run, capsys):
     code, out, _ = cli(capsys, "qat", tiny_run, "--list-layers")
     assert code == 0 and "encoders.image.body.0.0" in out.split() and "encoders.audio.out" in out.split()
@@ -239,9 +319,18 @@ data:
 teacher: {{hidden: 16, layers: 1, heads: 2, epochs: 1, batch_size: 8, fusion: concat, image_patch: 4}}
 student: {{name: fusion_tiny, fusion: attention}}
 distill: {{epochs: 1, batch_size: 8, beta_modality: 0.5}}
+qat: {{epochs: 1, batch_size: 8, calib_batches: 1}}
+export: {{cpu_int8_min_agreement: 0.0}}  # one epoch, 6 test rows: near-tied logits flip under INT8
 """)
     code, out, err = cli(capsys, "run", recipe, "--run-dir", tmp_path / "run", "-q")
     assert code == 0, err
     m = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
     assert set(m["distill"]["metrics"]["accuracy_without"]) == {"photo", "clip", "caption", "feats"}
     assert m["teacher"]["metrics"]["params"] > m["distill"]["metrics"]["params"]
+    bundle = tmp_path / "run" / "bundle"
+    assert (bundle / "tokenizer" / "caption.json").is_file()  # text ships its tokenizer
+    code, out, err = cli(capsys, "predict", bundle, "--input", f"photo={folder / 'img' / '0.png'}",
+                         "--input", f"clip={folder / 'wav' / '0.wav'}", "--text", words[rows[0]['label']],
+                         "--vector", ",".join(str(v) for v in rows[0]["feats"]), "--json")
+    assert code == 0, err
+    assert json.loads(out)["label"] in set(words)

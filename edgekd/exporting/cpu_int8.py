@@ -1,0 +1,57 @@
+"""An INT8 model onnxruntime's CPU provider fuses into integer kernels.
+
+TensorRT-style QDQ (Q/DQ on Conv/Gemm inputs only) is not fused by onnxruntime's CPU provider and
+runs slower than FP32 there, so the CPU target gets its own model: onnxruntime's static
+quantization in QDQ format (Q/DQ around inputs *and* outputs, which the CPU provider turns into
+QLinearConv/QGemm), calibrated on real train batches, weights per channel.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.errors import ExportError
+from edgekd.rundir import atomic_path
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over a list of input dicts."""
+
+    def __init__(self, batches: list[dict[str, np.ndarray]]):
+        self.batches = batches
+        self.rewind()
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):
+        self._it = iter(self.batches)
+
+
+def quantize_for_cpu(fp32: Path, out: Path, batches: list[dict[str, np.ndarray]], method: str = "minmax") -> Path:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if not batches:
+        raise ExportError("CPU INT8 quantization needs at least one calibration batch; raise recipe.export.calib_batches")
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    logging.getLogger("root").setLevel(logging.ERROR)  # quant_pre_process logs advice at WARNING
+    with tempfile.TemporaryDirectory() as tmp, atomic_path(out) as dest, contextlib.redirect_stdout(io.StringIO()):
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        try:
+            # u8 activations / s8 weights is the x86 fast path (VNNI); symmetric per-channel weights
+            quantize_static(str(pre), str(dest), _Reader(batches), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=methods[method],
+                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        except Exception as e:
+            raise ExportError(f"onnxruntime static quantization of {fp32.name} failed ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
+    return out

@@ -1,0 +1,258 @@
+"""The device bundle (format version 1): what ships to a device and runs without torch.
+
+    bundle/
+      manifest.json    format, version, models, default_model, sha256 + bytes of every other file
+      io_spec.json     named inputs (kind, dtype, shape with a "batch" axis) and outputs
+      preprocess.json  per-modality parameters of edgekd.runtime.preprocess
+      labels.json      class names in logit order
+      tokenizer/*.json text tokenizers (only when a text modality is used)
+      *.onnx           the models (an engine file may join later)
+
+The spec for release engineers is export/BUNDLE.md. A bundle is written into a sibling temp
+directory and renamed into place, so a crash never leaves a half bundle that loads; loading
+re-hashes every file, so a file changed or swapped after export is refused, never silently run.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+
+from edgekd import __version__
+from edgekd.errors import BundleError, UsageError
+
+FORMAT, VERSION = "edgekd.bundle", 1
+MANIFEST = "manifest.json"
+META_FILES = ("io_spec.json", "preprocess.json", "labels.json")
+MODEL_SUFFIXES = (".onnx", ".engine", ".plan", ".trt")  # an unlisted one of these could be run by mistake
+DEFAULT_ORDER = ("student_int8_cpu", "student_fp32")
+ALLOWED = {"role": ("student", "teacher"), "precision": ("fp32", "int8"), "target": ("any", "cpu", "tensorrt")}
+FIX = "re-export with `edgekd export RUN_DIR`"
+
+
+def model_filename(key: str, suffix: str = ".onnx") -> str:
+    """student_int8_cpu -> student.int8-cpu.onnx: the role, then the variant, readable on a device."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", key):
+        raise BundleError(f"model key {key!r} is not a plain name: use letters, digits, _ and -")
+    role, _, variant = key.partition("_")
+    return f"{role}.{variant.replace('_', '-')}{suffix}" if variant else f"{role}{suffix}"
+
+
+def write_bundle(dest: Path, *, name: str, models: dict[str, dict], model_files: dict[str, Path],
+                 io_spec: dict, preprocess: dict, labels: list[str]) -> Path:
+    """Write a complete bundle at `dest`, replacing an existing bundle only once the new one is whole."""
+    dest = Path(dest)
+    if set(models) != set(model_files) or not models:
+        raise BundleError(f"bundle models {sorted(models)} and model files {sorted(model_files)} differ: "
+                          "give one file per model key")
+    for key, meta in models.items():
+        for field, allowed in ALLOWED.items():
+            if meta.get(field) not in allowed:
+                raise BundleError(f"model {key}: {field}={meta.get(field)!r}, expected one of {', '.join(allowed)}")
+    for spec in io_spec.get("inputs", []):
+        if spec["name"] not in preprocess:
+            raise BundleError(f"io_spec input '{spec['name']}' has no preprocess parameters: "
+                              "pass the dataset's preprocess dict for every model input")
+    if dest.exists() and not (dest.is_dir() and ((dest / MANIFEST).is_file() or not any(dest.iterdir()))):
+        raise BundleError(f"{dest} exists and is not an edgekd bundle: move it away or write the bundle elsewhere")
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        model_meta = {}
+        for key, meta in models.items():
+            rel = model_filename(key, Path(model_files[key]).suffix or ".onnx")
+            if (tmp / rel).exists():
+                raise BundleError(f"model keys map to the same file {rel}: rename one key")
+            shutil.copyfile(model_files[key], tmp / rel)
+            model_meta[key] = {"file": rel, **{k: v for k, v in meta.items() if k != "file"}}
+        pre = copy.deepcopy(preprocess)  # never mutate the dataset's live parameters
+        used = set()
+        for modality, p in pre.items():
+            if isinstance(p, dict) and "tokenizer_json" in p:
+                stem = re.sub(r"[^A-Za-z0-9_.-]", "_", modality).lstrip(".") or "text"
+                while stem in used:
+                    stem += "_"
+                used.add(stem)
+                rel = f"tokenizer/{stem}.json"
+                _write(tmp / rel, p.pop("tokenizer_json"))
+                p["tokenizer_file"] = rel
+        _write(tmp / "io_spec.json", _dumps(io_spec))
+        _write(tmp / "preprocess.json", _dumps(pre))
+        _write(tmp / "labels.json", _dumps([str(x) for x in labels]))
+
+        files = {}
+        for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            rel = f.relative_to(tmp).as_posix()
+            files[rel] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
+        default = next((k for k in DEFAULT_ORDER if k in model_meta), next(iter(model_meta)))
+        manifest = {"format": FORMAT, "version": VERSION, "name": name,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "edgekd_version": __version__, "models": model_meta, "default_model": default, "files": files}
+        _write(tmp / MANIFEST, _dumps(manifest))  # last: a directory without it never loads
+        _swap_in(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _remove_leftovers(dest: Path) -> None:
+    """Temp/old directories a killed writer left beside `dest` (they never load: names start with '.')."""
+    for p in dest.parent.glob(f".{dest.name}.tmp-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in dest.parent.glob(f".{dest.name}.old-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _swap_in(tmp: Path, dest: Path) -> None:
+    # rename() cannot replace a non-empty directory, so the old bundle steps aside first; a crash in
+    # between leaves no bundle at `dest` (an error on load), never a mix of two.
+    old = None
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+        os.replace(dest, old / "bundle")
+    os.replace(tmp, dest)
+    os.chmod(dest, 0o777 & ~_umask())  # mkdtemp makes 0700; a bundle is an ordinary directory
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _dumps(obj) -> str:
+    def plain(o):  # numpy scalars/arrays that slipped into preprocess parameters
+        if hasattr(o, "tolist"):
+            return o.tolist()
+        raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+    return json.dumps(obj, indent=2, default=plain) + "\n"
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+    io_spec: dict
+    preprocess: dict
+    labels: list[str]
+
+    @property
+    def models(self) -> dict[str, dict]:
+        return self.manifest["models"]
+
+    @property
+    def default_model(self) -> str:
+        return self.manifest["default_model"]
+
+    def resolve_key(self, key: str | None = None) -> str:
+        """`key`, or the default model; an unknown key names the ones this bundle has."""
+        key = key or self.default_model
+        if key not in self.models:
+            raise UsageError(f"unknown model '{key}': this bundle has {', '.join(self.models)} "
+                             f"(default {self.default_model})")
+        return key
+
+    def model_path(self, key: str | None = None) -> Path:
+        return self.path / self.models[self.resolve_key(key)]["file"]
+
+
+def load_bundle(path) -> Bundle:
+    """Open and verify a bundle: every listed file present with its recorded size and sha256."""
+    root = Path(path)
+    if not root.is_dir():
+        raise BundleError(f"no bundle at {root}: give the bundle directory (runs/NAME/bundle) or create it "
+                          "with `edgekd export RUN_DIR`")
+    try:
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{root} has no {MANIFEST} (not a bundle, or an interrupted copy); {FIX}") from None
+    except (ValueError, OSError) as e:
+        raise BundleError(f"bundle {MANIFEST} is unreadable ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                          f"{FIX}") from None
+    _check_manifest(manifest)
+    files = manifest["files"]
+    for rel, entry in files.items():
+        f = root / rel
+        if not f.is_file():
+            raise BundleError(f"bundle file {rel} is missing; copy the whole bundle directory again or {FIX}")
+        size = f.stat().st_size
+        if size != entry["bytes"]:
+            raise BundleError(f"bundle file {rel} changed since export (size {size} bytes, manifest says "
+                              f"{entry['bytes']}); {FIX}")
+        if sha256_file(f) != entry["sha256"]:
+            raise BundleError(f"bundle file {rel} changed since export (sha256 differs); {FIX}")
+    for f in sorted(root.rglob("*")):
+        rel = f.relative_to(root).as_posix()
+        if f.is_file() and f.suffix.lower() in MODEL_SUFFIXES and rel not in files:
+            raise BundleError(f"bundle holds {rel}, a model file its manifest does not list; remove it or {FIX}")
+    meta = {}
+    for name in META_FILES:
+        try:
+            meta[name] = json.loads((root / name).read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise BundleError(f"bundle file {name} is not valid JSON ({e}); {FIX}") from None
+    labels = meta["labels.json"]
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise BundleError(f"bundle file labels.json must be a list of strings; {FIX}")
+    return Bundle(root, manifest, meta["io_spec.json"], meta["preprocess.json"], labels)
+
+
+def _check_manifest(m) -> None:
+    def bad(why: str):
+        raise BundleError(f"bundle {MANIFEST} is corrupt ({why}); {FIX}")
+
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        bad(f"format is {m.get('format') if isinstance(m, dict) else m!r}, expected {FORMAT!r}")
+    if m.get("version") != VERSION:
+        raise BundleError(f"bundle format version {m.get('version')!r} is not readable by edgekd {__version__} "
+                          f"(it reads version {VERSION}); use the edgekd that wrote it or {FIX}")
+    files, models = m.get("files"), m.get("models")
+    if not isinstance(files, dict) or not isinstance(models, dict) or not models:
+        bad("'files' and 'models' must be non-empty objects")
+    for rel, entry in files.items():
+        p = PurePosixPath(rel)
+        if p.is_absolute() or ".." in p.parts or "\\" in rel or rel == MANIFEST:
+            bad(f"file path {rel!r} leaves the bundle")
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) \
+                or not isinstance(entry.get("bytes"), int):
+            bad(f"file {rel} needs a sha256 string and a bytes count")
+    for name in META_FILES:
+        if name not in files:
+            bad(f"{name} is not listed")
+    for key, meta in models.items():
+        if not isinstance(meta, dict) or meta.get("file") not in files:
+            bad(f"model {key} names a file the manifest does not list")
+    if m.get("default_model") not in models:
+        bad(f"default_model {m.get('default_model')!r} is not one of {', '.join(models)}")

@@ -1,0 +1,122 @@
+"""Classify one sample from raw files with a bundle, without torch.
+
+Raw inputs go through edgekd.runtime.preprocess with the parameters in the bundle's
+preprocess.json (the same functions and numbers training used), then through the chosen model.
+"""
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.errors import BundleError, UsageError
+from edgekd.runtime import preprocess as pp
+from edgekd.runtime.bundle import FIX, load_bundle
+from edgekd.runtime.runner import make_runner
+
+# which argument carries each modality kind
+_CHANNEL = {"image": "files", "audio": "files", "text": "texts", "vector": "vectors"}
+
+
+def _and(names) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def predict(bundle_dir, *, files: dict[str, str] | None = None, texts: dict[str, str] | None = None,
+            vectors: dict[str, list[float]] | None = None, model: str | None = None, threads: int = 1) -> dict:
+    """{"model", "label", "index", "probabilities": {label: p}} for one sample.
+
+    `files` maps image/audio modality names to a png/jpg or wav path, `texts` maps text modalities
+    to the string, `vectors` maps vector modalities to the numbers."""
+    bundle = load_bundle(bundle_dir)
+    key = bundle.resolve_key(model)
+    given = {"files": dict(files or {}), "texts": dict(texts or {}), "vectors": dict(vectors or {})}
+    kinds = input_kinds(bundle)
+    for channel, values in given.items():
+        for name in values:
+            if name not in kinds:
+                raise UsageError(f"unknown input --{name}: this bundle takes {_and(kinds)}")
+            if _CHANNEL.get(kinds[name]) != channel:
+                article = "an" if kinds[name][0] in "aeiou" else "a"
+                raise UsageError(f"--{name} is {article} {kinds[name]} input: give it as {_describe(kinds[name])}")
+    runner = make_runner(bundle, key, threads=threads)
+    try:
+        needed = runner.input_names
+        supplied = {n: v for values in given.values() for n, v in values.items()}
+        for name in needed:
+            if name not in supplied:
+                raise UsageError(f"missing --{name}: this bundle's model {key} takes {_and(needed)}")
+        for name in supplied:
+            if name not in needed:
+                raise UsageError(f"--{name} is not used by model {key} (it takes {_and(needed)}): leave it out")
+        inputs = {n: _prepare(bundle, n, kinds[n], supplied[n])[None] for n in needed}  # add the batch axis
+        out = runner.run(inputs)
+    finally:
+        runner.close()
+    logits = np.asarray(out["logits"] if "logits" in out else out[runner.output_names[0]], np.float64)[0]
+    if logits.shape != (len(bundle.labels),):
+        raise BundleError(f"model {key} gives {logits.size} logits but labels.json has {len(bundle.labels)} labels; {FIX}")
+    e = np.exp(logits - logits.max())  # stable softmax, float64 so probabilities sum to 1 exactly enough
+    probs = e / e.sum()
+    index = int(probs.argmax())
+    return {"model": key, "label": bundle.labels[index], "index": index,
+            "probabilities": {label: float(p) for label, p in zip(bundle.labels, probs)}}
+
+
+def input_kinds(bundle) -> dict[str, str]:
+    """Modality name -> kind; preprocess.json covers every model's inputs (io_spec only the student's)."""
+    kinds = {s["name"]: s.get("kind") for s in bundle.io_spec.get("inputs", [])}
+    for name, p in bundle.preprocess.items():
+        if isinstance(p, dict) and p.get("kind"):
+            kinds[name] = p["kind"]
+    bad = [n for n, k in kinds.items() if k not in _CHANNEL]
+    if bad:
+        raise BundleError(f"bundle input '{bad[0]}' has kind {kinds[bad[0]]!r}, expected image, audio, text "
+                          f"or vector; {FIX}")
+    return kinds
+
+
+def _describe(kind: str) -> str:
+    return {"image": "a png/jpg file path", "audio": "a wav file path", "text": "a text string",
+            "vector": "a list of numbers"}[kind]
+
+
+def _prepare(bundle, name: str, kind: str, value) -> np.ndarray:
+    p = bundle.preprocess.get(name)
+    if not isinstance(p, dict):
+        raise BundleError(f"bundle preprocess.json has no parameters for input '{name}'; {FIX}")
+    path = None
+    if kind in ("image", "audio"):
+        path = Path(value)
+        if not path.is_file():
+            raise UsageError(f"--{name} {path}: no such file")
+    try:
+        if kind == "text":
+            return pp.text_ids(str(value), p, tokenizer=_tokenizer(bundle, name, p))
+        if kind == "vector":
+            return pp.vector_array(value, p)
+        return (pp.image_from_file if kind == "image" else pp.audio_from_wav)(path, p)
+    except KeyError as e:
+        raise BundleError(f"bundle preprocess.json lacks {e} for input '{name}'; {FIX}") from None
+    except (OSError, EOFError, ValueError, TypeError, wave.Error) as e:  # PIL's UnidentifiedImageError is an OSError
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if path is None:
+            raise UsageError(f"--{name}: {why}") from None
+        what = "png or jpg image" if kind == "image" else "PCM wav file (8/16/32-bit)"
+        raise UsageError(f"--{name} {path} is not a readable {what} ({why}): give a valid file") from None
+
+
+def _tokenizer(bundle, name: str, p: dict):
+    rel = p.get("tokenizer_file")
+    if rel not in bundle.manifest["files"]:  # only files the manifest lists were verified
+        raise BundleError(f"text input '{name}' names tokenizer {rel!r}, which the bundle does not list; {FIX}")
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise BundleError("text inputs need the tokenizers package: pip install tokenizers") from None
+    try:
+        return Tokenizer.from_file(str(bundle.path / rel))
+    except Exception as e:  # tokenizers raises a bare Exception on a bad file
+        raise BundleError(f"bundle file {rel} is not a tokenizer ({str(e).splitlines()[0][:120]}); {FIX}") from None
