@@ -10,13 +10,15 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from edgekd.data import load_dataset
 from edgekd.distill.cache import TeacherTargets
 from edgekd.distill.losses import Projectors
 from edgekd.distill.trainer import Job, train
-from edgekd.models import create_model
 from edgekd.recipe import load_recipe
+from edgekd.stages.distill import build_student
+from edgekd.stages.teacher import build_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,10 +28,9 @@ def setup(tmp_path_factory):
     if not os.environ.get("EDGEKD_DATA"):
         pytest.skip("EDGEKD_DATA is not set")
     recipe = load_recipe(ROOT / "recipes" / "avdigits.yaml", ["distill.epochs=1"])
+    torch.set_num_threads(1)
     data = load_dataset(recipe)
-    t = recipe.teacher
-    teacher = create_model(t.name, "teacher", modalities=data.modalities, num_classes=10, hidden=t.hidden,
-                           layers=t.layers, heads=t.heads, fusion=t.fusion, audio_encoder=t.audio_encoder).eval()
+    teacher = build_teacher(recipe, data)[0].eval()
     cache = TeacherTargets(teacher, list(data.modalities), data, tmp_path_factory.mktemp("cache"))
     cache.prepare(1)
     return recipe, data, teacher, cache, tmp_path_factory.mktemp("ck")
@@ -42,8 +43,7 @@ def test_distill_epoch(benchmark, setup, mode):
     targets = cache if mode == "cache" else TeacherTargets(teacher, names, data, None)
 
     def one_epoch():
-        s = create_model(recipe.student.name, "student", modalities=data.modalities, num_classes=10,
-                         fusion=recipe.student.fusion)
+        s = build_student(recipe, data, names)[0]
         d = recipe.distill
         job = Job(s, names, d, 0, ck / f"{mode}.pt", mode, targets=targets,
                   projectors=Projectors(s.embed_dim, teacher.embed_dim, {}),

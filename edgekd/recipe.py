@@ -122,7 +122,10 @@ class TeacherConfig(Optim):
     audio_encoder: Literal["whisper", "ast"] = Field(
         "whisper", description="Audio transformer: Whisper's encoder (conv front end) or AST (patches)."
     )
-    image_patch: int = Field(7, gt=0, description="ViT patch size in pixels (must divide the image size).")
+    image_encoder: Literal["vit", "convnext"] = Field(
+        "vit", description="Image encoder from transformers: ViT (patches + transformer) or ConvNeXt (convolutional)."
+    )
+    image_patch: int = Field(7, gt=0, description="ViT patch size / ConvNeXt stem stride in pixels (must divide the image size).")
     hidden: int = Field(192, gt=0, description="Transformer width.")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout inside the transformer encoders.")
     layers: int = Field(4, ge=1, description="Transformer layers per encoder.")

@@ -88,6 +88,20 @@ def test_save_and_rebuild_gives_identical_outputs(tmp_path):
         torch.testing.assert_close(again(_batch()).logits, model(_batch()).logits)
 
 
+def test_convnext_image_encoder_trains_saves_and_rebuilds(tmp_path):
+    opts = {"hidden": 16, "layers": 1, "heads": 2, "fusion": "late", "image_encoder": "convnext", "image_patch": 4}
+    mods = {k: MODS[k] for k in ("image", "audio")}
+    t = create_model("mm_transformer", "teacher", modalities=mods, num_classes=4, **opts)
+    assert t.encoders["image"].model_type == "convnext"
+    t(_batch(mods=mods)).logits.sum().backward()  # gradients reach the ConvNeXt stem
+    assert t.encoders["image"].net.embeddings.patch_embeddings.weight.grad.abs().sum() > 0
+    t.eval()
+    save_model(t, tmp_path / "t", role="teacher", name="mm_transformer", options=opts, modalities=mods,
+               classes=["a", "b", "c", "d"])
+    again, _ = load_model_dir(tmp_path / "t")
+    torch.testing.assert_close(again(_batch(mods=mods)).logits, t(_batch(mods=mods)).logits)
+
+
 def test_teacher_encoder_from_local_hf_directory(tmp_path):
     from transformers import ViTConfig, ViTModel
 

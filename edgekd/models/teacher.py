@@ -43,19 +43,28 @@ def _from_config(config, auto: bool):
 
     if config.model_type == "whisper":
         return WhisperEncoder(config)
-    if auto or config.model_type == "audio-spectrogram-transformer":  # AST has no pooling layer
+    if auto or config.model_type in ("audio-spectrogram-transformer", "convnext"):  # no optional pooling layer
         return AutoModel.from_config(config)
     return AutoModel.from_config(config, add_pooling_layer=False)
 
 
 def _new_encoder(spec: ModalitySpec, hidden: int, layers: int, heads: int, audio_encoder: str, image_patch: int,
-                 dropout: float):
+                 dropout: float, image_encoder: str = "vit"):
     """A fresh transformers encoder for one modality, sized by the recipe."""
     from transformers import ASTConfig, ASTModel, BertConfig, BertModel, ViTConfig, ViTModel, WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     common = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                   intermediate_size=4 * hidden, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    if spec.kind == "image" and image_encoder == "convnext":
+        from transformers import ConvNextConfig, ConvNextModel
+
+        # three stages of two blocks, widths hidden/2 -> hidden -> 2*hidden; the stem's patch is
+        # image_patch (2 keeps 14x14 positions for a 28x28 digit)
+        widths = [max(8, hidden // 2), hidden, 2 * hidden]
+        return ConvNextModel(ConvNextConfig(num_channels=spec.shape[0], patch_size=image_patch, num_stages=3,
+                                            hidden_sizes=widths, depths=[2, 2, 2], drop_path_rate=dropout,
+                                            image_size=spec.shape[1]))
     if spec.kind == "image":
         c, h, _ = spec.shape
         patch = image_patch if h % image_patch == 0 else 1
@@ -79,7 +88,7 @@ class HFEncoder(nn.Module):
     """Wraps a transformers encoder: input tensor -> (tokens (B, L, H), padding mask (B, L) or None)."""
 
     def __init__(self, spec: ModalitySpec, hidden: int, layers: int, heads: int, audio_encoder: str = "whisper",
-                 source: dict | None = None, image_patch: int = 7, dropout: float = 0.1):
+                 source: dict | None = None, image_patch: int = 7, dropout: float = 0.1, image_encoder: str = "vit"):
         super().__init__()
         from transformers import AutoConfig
 
@@ -92,13 +101,13 @@ class HFEncoder(nn.Module):
         elif source.get("pretrained"):
             self.net = _load_pretrained(source["pretrained"], spec.name)
         else:
-            self.net = _new_encoder(spec, hidden, layers, heads, audio_encoder, image_patch, dropout)
+            self.net = _new_encoder(spec, hidden, layers, heads, audio_encoder, image_patch, dropout, image_encoder)
         cfg = self.net.config
         self.model_type = cfg.model_type
         if spec.kind == "audio" and getattr(cfg, "num_mel_bins", spec.shape[1]) != spec.shape[1]:
             raise CheckpointError(f"audio encoder expects {cfg.num_mel_bins} mel bins but the data has "
                                   f"{spec.shape[1]}; set data.audio.n_mels: {cfg.num_mel_bins}")
-        out = getattr(cfg, "hidden_size", None) or cfg.d_model
+        out = getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", None) or cfg.hidden_sizes[-1]
         self.proj = nn.Identity() if out == hidden else nn.Linear(out, hidden)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -106,6 +115,8 @@ class HFEncoder(nn.Module):
         if self.kind == "image":
             if getattr(cfg, "num_channels", 1) != x.shape[1]:
                 x = x.expand(-1, cfg.num_channels, -1, -1)
+            if self.model_type == "convnext":  # (B, C, H, W) feature map -> (B, H*W, C) tokens
+                return self.proj(self.net(pixel_values=x).last_hidden_state.flatten(2).transpose(1, 2)), None
             size = getattr(cfg, "image_size", x.shape[-1])
             tokens = self.net(pixel_values=x, interpolate_pos_encoding=size != x.shape[-1]).last_hidden_state
             return self.proj(tokens), None
@@ -144,7 +155,8 @@ def _pool(tokens: torch.Tensor, pad: torch.Tensor | None, kind: str) -> torch.Te
 class MultimodalTeacher(nn.Module):
     def __init__(self, modalities: dict[str, ModalitySpec], num_classes: int, hidden: int = 192,
                  layers: int = 4, heads: int = 4, fusion: str = "cross_attention", encoders: dict | None = None,
-                 audio_encoder: str = "whisper", image_patch: int = 7, dropout: float = 0.1):
+                 audio_encoder: str = "whisper", image_patch: int = 7, dropout: float = 0.1,
+                 image_encoder: str = "vit"):
         super().__init__()
         encoders = encoders or {}
         self.names = list(modalities)
@@ -152,7 +164,7 @@ class MultimodalTeacher(nn.Module):
         self.fusion = fusion
         self.encoders = nn.ModuleDict({
             n: VectorEncoder(s.shape[0], hidden) if s.kind == "vector"
-            else HFEncoder(s, hidden, layers, heads, audio_encoder, encoders.get(n), image_patch, dropout)
+            else HFEncoder(s, hidden, layers, heads, audio_encoder, encoders.get(n), image_patch, dropout, image_encoder)
             for n, s in modalities.items()
         })
         if fusion == "concat":
@@ -208,9 +220,9 @@ class MultimodalTeacher(nn.Module):
 
 
 @register_model("mm_transformer", "teacher",
-                "ViT (image) / Whisper-encoder or AST (audio log-mel) / BERT (text) / MLP (vector) encoders "
+                "ViT or ConvNeXt (image) / Whisper-encoder or AST (audio log-mel) / BERT (text) / MLP (vector) encoders "
                 "from transformers; concat, cross-attention or late fusion")
 def mm_transformer(modalities, num_classes, hidden=192, layers=4, heads=4, fusion="cross_attention", encoders=None,
-                   audio_encoder="whisper", image_patch=7, dropout=0.1):
+                   audio_encoder="whisper", image_patch=7, dropout=0.1, image_encoder="vit"):
     return MultimodalTeacher(modalities, num_classes, hidden, layers, heads, fusion, encoders, audio_encoder,
-                             image_patch, dropout)
+                             image_patch, dropout, image_encoder)

@@ -8,7 +8,6 @@ teacher -> FP32 student -> PTQ -> QAT/QAD).
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from edgekd.data import load_dataset
 from edgekd.distill.cache import TeacherTargets

@@ -26,6 +26,18 @@ def example_batch(data, names: list[str]) -> dict:
     return {n: torch.from_numpy(split.inputs[n][:1]) for n in names}
 
 
+def build_teacher(recipe, data):
+    """A fresh teacher as the recipe describes it (initial weights follow the recipe's seed)."""
+    t = recipe.teacher
+    options = {"hidden": t.hidden, "layers": t.layers, "heads": t.heads, "fusion": t.fusion,
+               "audio_encoder": t.audio_encoder, "image_patch": t.image_patch, "dropout": t.dropout,
+               "image_encoder": t.image_encoder}
+    torch.manual_seed(recipe.seed)
+    model = create_model(t.name, "teacher", modalities=data.modalities, num_classes=len(data.classes),
+                         encoders={n: e.model_dump() for n, e in t.encoders.items()}, **options)
+    return model, options
+
+
 def _check_adoptable(run: RunDir, data):
     """Load the teacher directory the recipe names and check it was trained for this dataset."""
     src = Path(run.recipe.teacher.checkpoint).expanduser()
@@ -80,12 +92,7 @@ def run_teacher(run: RunDir, data_root=None, resume: bool = False, progress=None
             files = {"weights": out_dir / WEIGHTS, "config": out_dir / CONFIG}
         else:
             t = r.teacher
-            options = {"hidden": t.hidden, "layers": t.layers, "heads": t.heads, "fusion": t.fusion,
-                       "audio_encoder": t.audio_encoder, "image_patch": t.image_patch,
-                       "dropout": t.dropout}
-            torch.manual_seed(r.seed)  # initial weights follow the recipe's seed
-            model = create_model(t.name, "teacher", modalities=data.modalities, num_classes=len(data.classes),
-                                 encoders={n: e.model_dump() for n, e in t.encoders.items()}, **options)
+            model, options = build_teacher(r, data)
             job = Job(model, names, t, r.seed, out_dir / "checkpoint.pt", "teacher",
                       fingerprint=f"{recipe_hash(r)}:{data.fingerprint()}")
             history = train(job, data, resume, progress)
