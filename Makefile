@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned to the CPU wheel, so pip never resolves a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c requirements/constraints.txt -e ".[test]"
+	$(PY) -m pip install -q -c requirements/constraints.txt -e ".[train,test]"
 	touch $@
 
 demo: $(VENV)/.installed

@@ -44,10 +44,10 @@ def _stage(stage: str, target, run_dir, data_root, sets, resume, force, quiet):
 
 
 @app.command()
-def run(target: Target, until: Annotated[str, typer.Option("--until", help="Last stage to run.")] = "export",
+def run(target: Target, until: Annotated[str, typer.Option("--until", help="Last stage to run.")] = "build",
         run_dir: RunDirOpt = None, data_root: DataRoot = None, set_: Sets = None, resume: Resume = False,
         force: Force = False, quiet: Quiet = False):
-    """Run the pipeline (teacher -> distill -> qat -> export) for a recipe; finished stages are kept unless --force."""
+    """Run the pipeline (teacher -> distill -> qat -> export -> build) for a recipe; finished stages are kept unless --force."""
     from edgekd.pipeline import check_until, open_run, run_pipeline
 
     check_until(until)  # before anything is created on disk
@@ -99,6 +99,29 @@ def export(target: Target, run_dir: RunDirOpt = None, data_root: DataRoot = None
     """Export ONNX models (student FP32, INT8 QDQ for TensorRT, INT8 for the CPU, teacher FP32), run the
     parity ladder and the offline TensorRT lint, and write the device bundle (runs/<name>/bundle)."""
     _stage("export", target, run_dir, data_root, set_, False, force, quiet)
+
+
+@app.command()
+def build(target_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR_OR_BUNDLE", help="A run directory (after export) or a copied bundle directory.")],
+          target: Annotated[Optional[str], typer.Option("--target", help="Deployment target: a name under export/targets/ (x86-gpu, jetson-orin-nano, jetson-orin-agx) or a YAML path (default: recipe build.target).")] = None,
+          model: Annotated[Optional[str], typer.Option("--model", help="Model to build: student_int8_qdq (default), student_fp32 or teacher_fp32.")] = None,
+          require_trt: Annotated[bool, typer.Option("--require-trt", help="Fail instead of skipping where TensorRT or a GPU is missing.")] = False,
+          twice: Annotated[bool, typer.Option("--twice", help="Build twice and report whether the engines are identical.")] = False):
+    """Build a TensorRT engine for a target; without TensorRT or a GPU, lint and write build/trtexec.sh (skipped)."""
+    from edgekd.trt.bundle_build import build_bundle, is_bundle
+
+    if is_bundle(target_dir):  # on the device: no run directory, no torch
+        metrics = build_bundle(target_dir, target or "x86-gpu", model=model or "student_int8_qdq",
+                               require_trt=require_trt, build_twice=twice)
+    else:
+        from edgekd.pipeline import open_run
+        from edgekd.stages.build import run_build
+
+        metrics = run_build(open_run(target_dir), target=target, require_trt=require_trt or None, model=model,
+                            build_twice=twice or None)
+    from edgekd.pipeline import summary_line
+
+    typer.echo(summary_line("build", metrics))
 
 
 @app.command("predict")
@@ -233,6 +256,9 @@ INTERRUPTED = ("edgekd: interrupted; nothing half-written was recorded (training
                "epochs: continue with --resume)")
 
 
+TRAINING_MODULES = {"torch", "transformers", "modelopt", "safetensors", "matplotlib"}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors print one line and exit non-zero (traceback: EDGEKD_DEBUG=1)."""
     debug = os.environ.get("EDGEKD_DEBUG") == "1"
@@ -246,6 +272,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo(INTERRUPTED, err=True)
         sys.exit(130)
+    except ModuleNotFoundError as e:  # a device install (no [train] extra) running a training command
+        if debug or (e.name or "").split(".")[0] not in TRAINING_MODULES:
+            raise
+        typer.echo(f"edgekd: error: this command needs {e.name}, which a device install leaves out; "
+                   "install the training extras: pip install 'edgekd[train]' (torch first, see README)", err=True)
+        sys.exit(1)
     except OSError as e:  # unwritable run directory, full disk, ...
         if debug:
             raise

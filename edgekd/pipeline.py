@@ -27,12 +27,14 @@ def open_run(target: str | Path, run_dir: str | Path | None = None, overrides: l
 
 
 def stage_functions():
+    from edgekd.stages.build import run_build
     from edgekd.stages.distill import run_distill
     from edgekd.stages.export import run_export
     from edgekd.stages.qat import run_qat
     from edgekd.stages.teacher import run_teacher
 
-    return {"teacher": run_teacher, "distill": run_distill, "qat": run_qat, "export": run_export}
+    return {"teacher": run_teacher, "distill": run_distill, "qat": run_qat, "export": run_export,
+            "build": run_build}
 
 
 def check_until(until: str) -> None:
@@ -76,6 +78,12 @@ def summary_line(stage: str, m: dict) -> str:
             delta = "" if row["delta"] is None else f"  {100 * row['delta']:+.1f} pt"
             lines.append(f"    {row['stage']:<40} {_pct(row['accuracy']):>6}{delta}")
         return "\n".join(lines)
+    if stage == "build":
+        if m.get("skipped"):
+            return f"build ({m['target']}): skipped: {m['skipped']}; the equivalent command is in {m['trtexec']}"
+        same = "" if m.get("identical") is None else f"; two builds {'identical' if m['identical'] else 'differ'}"
+        return (f"build ({m['target']}): {m['engine']} with TensorRT {m['tensorrt_version']} on {m['device']}, "
+                f"INT8 layers {100 * m['int8_layer_fraction']:.0f}%, {m['build_seconds']:.0f} s{same}")
     if stage == "export":
         lines = ["export: parity ladder passed; accuracy through onnxruntime (test split):"]
         for key, v in m.items():

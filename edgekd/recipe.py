@@ -14,11 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgekd.errors import RecipeError
 
-STAGES = ("teacher", "distill", "qat", "export")  # grows with the pipeline; order matters
+STAGES = ("teacher", "distill", "qat", "export", "build")  # grows with the pipeline; order matters
 # The recipe sections each stage reads first (a stage also depends on everything before it), so a
 # changed qat setting re-runs qat only, not the teacher.
 STAGE_SECTIONS = {"teacher": ("seed", "data", "teacher"), "distill": ("student", "distill"), "qat": ("qat",),
-                  "export": ("export",)}
+                  "export": ("export",), "build": ("build",)}
 
 
 class Strict(BaseModel):
@@ -219,6 +219,16 @@ class ExportConfig(Strict):
         "split (its own calibration, so logits differ more than the QDQ model's).")
 
 
+class BuildConfig(Strict):
+    """TensorRT engine build for a deployment target (export/targets/<target>.yaml)."""
+
+    target: str = Field("x86-gpu", description="Deployment target: a name under export/targets/ or a YAML path.")
+    model: Literal["student_int8_qdq", "student_fp32", "teacher_fp32"] = Field(
+        "student_int8_qdq", description="Which exported ONNX model to build (INT8 QDQ by default).")
+    require_trt: bool = Field(False, description="Fail instead of skipping where TensorRT or a GPU is missing.")
+    build_twice: bool = Field(False, description="Build twice and report whether the engines are byte-identical.")
+
+
 class Recipe(Strict):
     name: str = Field(description="Run name; the run directory defaults to runs/<name>.")
     seed: int = Field(0, description="Seed for splits, pairings, init and batch order.")
@@ -229,6 +239,7 @@ class Recipe(Strict):
     distill: DistillConfig = DistillConfig()
     qat: QatConfig = QatConfig()
     export: ExportConfig = ExportConfig()
+    build: BuildConfig = BuildConfig()
 
     @model_validator(mode="after")
     def _modality_names(self):

@@ -142,6 +142,37 @@ def test_predict_errors_are_one_line(tiny_run, tmp_path, capsys):
     assert code == 2 and "student_fp32" in err
 
 
+def test_build_without_tensorrt_is_skipped_with_a_trtexec_script(tiny_run, tmp_path, capsys):
+    st = json.loads((tiny_run / "manifest.json").read_text())["stages"]["build"]  # from `edgekd run`
+    assert st["status"] == "skipped" and "tensorrt" in st["metrics"]["skipped"].lower()
+    code, out, err = cli(capsys, "build", tiny_run, "--target", "jetson-orin-nano")
+    assert code == 0 and "skipped" in out, err
+    script = (tiny_run / "build" / "trtexec.sh").read_text()
+    assert "--onnx=" in script and "student_int8_qdq.onnx" in script and "--maxShapes=image:8x1x28x28" in script
+    code, _, err = cli(capsys, "build", tiny_run, "--target", "jetson-orin-nano", "--require-trt")
+    assert code == 1 and "TensorRT" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(capsys, "build", tiny_run, "--target", "jetson-orin-nan")
+    assert code == 1 and "did you mean 'jetson-orin-nano'" in err
+
+
+def test_build_on_a_copied_bundle_needs_no_run_directory(tiny_run, tmp_path, capsys):
+    import shutil
+
+    bundle = tmp_path / "device" / "bundle"
+    shutil.copytree(tiny_run / "bundle", bundle)
+    probe = ("import sys; sys.modules['torch'] = None; from edgekd.cli import main; "
+             f"main(['build', {str(bundle)!r}, '--target', 'jetson-orin-agx'])")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "skipped" in proc.stdout, proc.stderr
+
+
+def test_training_commands_without_torch_name_the_extra():
+    probe = "import sys; sys.modules['torch'] = None; from edgekd.cli import main; main(['models'])"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "pip install 'edgekd[train]'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_tampered_bundle_is_refused(tiny_run, tmp_path, capsys):
     import shutil
 

@@ -105,6 +105,50 @@ def write_bundle(dest: Path, *, name: str, models: dict[str, dict], model_files:
     return dest
 
 
+def add_model(bundle_dir: Path, key: str, file: Path, meta: dict, *,
+              extra_files: dict[str, Path] | None = None) -> Path:
+    """Add (or replace) model `key` in an existing, verified bundle: `file` (e.g. a TensorRT engine)
+    under its model_filename, plus `extra_files` (bundle-relative name -> source, e.g. the engine's
+    build.json), which are removed again when the key is replaced. The bundle is rebuilt beside
+    itself and swapped in, so readers see the old bundle or the new one, never a mix."""
+    dest = Path(bundle_dir)
+    old = load_bundle(dest)  # never extend a bundle that no longer verifies
+    for field, allowed in ALLOWED.items():
+        if meta.get(field) not in allowed:
+            raise BundleError(f"model {key}: {field}={meta.get(field)!r}, expected one of {', '.join(allowed)}")
+    rel = model_filename(key, Path(file).suffix or ".onnx")
+    extra = dict(extra_files or {})
+    manifest = copy.deepcopy(old.manifest)
+    previous = manifest["models"].pop(key, None) or {}
+    dropped = {previous.get("file"), *previous.get("extra_files", [])} - {None}
+    for name in [rel, *extra]:
+        p = PurePosixPath(name)
+        if p.is_absolute() or ".." in p.parts or name in META_FILES or name == MANIFEST:
+            raise BundleError(f"cannot add {name!r} to the bundle: give a plain file name")
+        if name in manifest["files"] and name not in dropped:
+            raise BundleError(f"bundle already holds {name} for another model: use another model key")
+    _remove_leftovers(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        shutil.copytree(dest, tmp, dirs_exist_ok=True)
+        for name in dropped:
+            manifest["files"].pop(name, None)
+            (tmp / name).unlink(missing_ok=True)
+        for name, src in [(rel, Path(file)), *extra.items()]:
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, tmp / name)
+            manifest["files"][name] = {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
+        manifest["models"][key] = {"file": rel, **{k: v for k, v in meta.items() if k != "file"},
+                                   **({"extra_files": sorted(extra)} if extra else {})}
+        _check_manifest(manifest)
+        _write(tmp / MANIFEST, _dumps(manifest))  # last, as in write_bundle
+        _swap_in(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
 def _remove_leftovers(dest: Path) -> None:
     """Temp/old directories a killed writer left beside `dest` (they never load: names start with '.')."""
     for p in dest.parent.glob(f".{dest.name}.tmp-*"):

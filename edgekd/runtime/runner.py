@@ -112,8 +112,11 @@ def make_runner(bundle, key: str | None = None, backend: str = "onnxruntime", th
         raise UsageError(f"unknown backend '{backend}': use one of {', '.join(BACKENDS)}")
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
-    path = bundle.model_path(key)
-    if backend == "tensorrt":
-        raise BundleError("TensorRT runner needs the tensorrt package and a GPU; it is not available in this "
-                          "edgekd yet: use --backend onnxruntime")
-    return OrtRunner(path, threads=threads)
+    if backend == "tensorrt":  # imported here: the onnxruntime path never loads TensorRT code
+        from edgekd.runtime.trt_runner import open_bundle_engine
+
+        return open_bundle_engine(bundle, key)
+    key = bundle.resolve_key(key)
+    if bundle.models[key].get("backend") == "tensorrt":
+        raise UsageError(f"model {key} is a TensorRT engine: run it with --backend tensorrt, or pick an ONNX model")
+    return OrtRunner(bundle.model_path(key), threads=threads)
