@@ -124,6 +124,67 @@ def build(target_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR_OR_BUNDLE"
     typer.echo(summary_line("build", metrics))
 
 
+def _csv(value: str | None, kind=str, what: str = "list") -> list | None:
+    if value is None:
+        return None
+    try:
+        return [kind(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{what} {value!r}: expected a comma-separated list, e.g. 1,8,32") from None
+
+
+@app.command()
+def bench(source: Annotated[Path, typer.Argument(metavar="RUN_DIR_OR_BUNDLE", help="A run directory (after export) or a bundle.")],
+          batch: Annotated[Optional[str], typer.Option("--batch", help="Batch sizes, e.g. 1,8,32 (default: recipe bench.batches, else 1).")] = None,
+          threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Intra-op threads of every backend (default: recipe bench.threads, else 1).")] = None,
+          backends: Annotated[Optional[str], typer.Option("--backends", help="Comma list of onnxruntime-cpu, onnxruntime-cuda, onnxruntime-trt, tensorrt, torch-cpu, torch-cuda (default: every one available).")] = None,
+          models: Annotated[Optional[str], typer.Option("--models", help="Comma list of model keys (default: all).")] = None,
+          out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: RUN_DIR/bench/<time>/).")] = None,
+          min_seconds: Annotated[Optional[float], typer.Option("--min-seconds", help="Minimum measuring time per batch size.")] = None,
+          max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", help="Time cap per batch size.")] = None,
+          data_root: DataRoot = None):
+    """Measure latency (p50/p90/p95/p99 with confidence bounds, interleaved) and accuracy of every model on every backend."""
+    from edgekd.benchmark.bench import run_bench
+
+    cfg = None
+    if (source / "manifest.json").is_file() and (source / "recipe.yaml").is_file():
+        from edgekd.rundir import RunDir
+
+        cfg = RunDir.open(source).recipe.bench
+    opts = {k: v for k, v in {"min_seconds": min_seconds if min_seconds is not None else (cfg.min_seconds if cfg else None),
+                              "max_seconds": max_seconds if max_seconds is not None else (cfg.max_seconds if cfg else None)}.items()
+            if v is not None}
+    result, path = run_bench(source, batches=_csv(batch, int, "--batch") or (cfg.batches if cfg else None),
+                             threads=threads or (cfg.threads if cfg else 1),
+                             backends=_csv(backends) or (cfg.backends if cfg else None), models=_csv(models),
+                             out=out, data_root=data_root, progress=lambda msg: typer.echo(msg, err=True), **opts)
+    md = path.parent / "bench.md"
+    typer.echo(md.read_text() if md.is_file() else "")
+    typer.echo(f"bench JSON: {path}")
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]):
+    """Write runs/<name>/report/report.md: recipe, accuracy budget, parity ladder, latency table and plots, sizes."""
+    from edgekd.benchmark.report import render_report
+
+    typer.echo(f"report: {render_report(run_dir)}")
+
+
+@app.command()
+def gate(bench_json: Annotated[Path, typer.Argument(help="A bench.json written by `edgekd bench`.")],
+         budget: Annotated[Path, typer.Option("--budget", help="Budget YAML (see bench/budgets/).")],
+         baseline: Annotated[Optional[Path], typer.Option("--baseline", help="An older bench.json for regression budgets.")] = None):
+    """Check a bench against latency/accuracy budgets with confidence bounds: exit 0 pass, 1 fail, 3 inconclusive (re-run)."""
+    from edgekd.benchmark.gate import gate as evaluate
+
+    code, lines = evaluate(bench_json, budget, baseline)
+    for line in lines:
+        typer.echo(line)
+    if code:
+        raise typer.Exit(code)
+
+
 @app.command("predict")
 def predict_(bundle: Annotated[Path, typer.Argument(help="A bundle directory (runs/<name>/bundle).")],
              image: Annotated[Optional[str], typer.Option("--image", help="png/jpg for the image input.")] = None,
@@ -134,6 +195,7 @@ def predict_(bundle: Annotated[Path, typer.Argument(help="A bundle directory (ru
                                                                  "(repeatable), e.g. --input photo=cat.png.")] = None,
              model: Annotated[Optional[str], typer.Option("--model", help="Model key in the bundle (default: its default_model).")] = None,
              threads: Annotated[int, typer.Option("--threads", min=1, help="onnxruntime intra-op threads.")] = 1,
+             backend: Annotated[str, typer.Option("--backend", help="onnxruntime or tensorrt (an engine built by `edgekd build`).")] = "onnxruntime",
              as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
     """Classify one sample from raw files with a bundle (onnxruntime + numpy; torch is never imported)."""
     from edgekd.runtime.bundle import load_bundle
@@ -165,7 +227,8 @@ def predict_(bundle: Annotated[Path, typer.Argument(help="A bundle directory (ru
             except ValueError:
                 raise UsageError(f"--{n} {v!r}: expected comma-separated numbers, e.g. 0.5,1,2") from None
     unknown = {n: v for n, v in values.items() if n not in kinds}
-    result = predict(bundle, files={**files, **unknown}, texts=texts, vectors=vectors, model=model, threads=threads)
+    result = predict(bundle, files={**files, **unknown}, texts=texts, vectors=vectors, model=model, threads=threads,
+                     backend=backend)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return

@@ -27,6 +27,7 @@ def open_run(target: str | Path, run_dir: str | Path | None = None, overrides: l
 
 
 def stage_functions():
+    from edgekd.stages.bench import run_bench_stage
     from edgekd.stages.build import run_build
     from edgekd.stages.distill import run_distill
     from edgekd.stages.export import run_export
@@ -34,7 +35,7 @@ def stage_functions():
     from edgekd.stages.teacher import run_teacher
 
     return {"teacher": run_teacher, "distill": run_distill, "qat": run_qat, "export": run_export,
-            "build": run_build}
+            "build": run_build, "bench": run_bench_stage}
 
 
 def check_until(until: str) -> None:
@@ -70,13 +71,15 @@ def summary_line(stage: str, m: dict) -> str:
         return (f"distill: student accuracy {_pct(m['accuracy'])} (teacher {_pct(m['teacher_accuracy'])}){gain}; "
                 f"{m['params']:,} params (1/{m['teacher_params_ratio']:.0f} of the teacher)")
     if stage == "qat":
-        side = ", ".join(f"{k[:3].upper()} {_pct(m[k])}" for k in ("qat_accuracy", "qad_accuracy") if m.get(k) is not None)
+        names = {"qat_accuracy": "QAT", "qad_student_accuracy": "QAD/FP32-student teacher",
+                 "qad_distill_accuracy": "QAD/cached teacher"}
+        side = ", ".join(f"{v} {_pct(m[k])}" for k, v in names.items() if m.get(k) is not None)
         lines = [f"qat: INT8 {m['method'].upper()} accuracy {_pct(m['accuracy'])} (FP32 {_pct(m['fp32_accuracy'])}, "
                  f"PTQ {_pct(m['ptq_accuracy'])}; {side}); {m['quantizers_enabled']} quantizers",
                  "  accuracy budget (test split):"]
         for row in m.get("budget", []):
-            delta = "" if row["delta"] is None else f"  {100 * row['delta']:+.1f} pt"
-            lines.append(f"    {row['stage']:<40} {_pct(row['accuracy']):>6}{delta}")
+            delta = "" if row["delta"] is None else f"  {100 * row['delta']:+.1f} pt vs {row['against']}"
+            lines.append(f"    {row['stage']:<46} {_pct(row['accuracy']):>6}{delta}")
         return "\n".join(lines)
     if stage == "build":
         if m.get("skipped"):
@@ -84,6 +87,8 @@ def summary_line(stage: str, m: dict) -> str:
         same = "" if m.get("identical") is None else f"; two builds {'identical' if m['identical'] else 'differ'}"
         return (f"build ({m['target']}): {m['engine']} with TensorRT {m['tensorrt_version']} on {m['device']}, "
                 f"INT8 layers {100 * m['int8_layer_fraction']:.0f}%, {m['build_seconds']:.0f} s{same}")
+    if stage == "bench":
+        return f"bench: {m.get('bench_json')} (table: bench.md beside it)"
     if stage == "export":
         lines = ["export: parity ladder passed; accuracy through onnxruntime (test split):"]
         for key, v in m.items():

@@ -65,8 +65,9 @@ def test_qat_stage_records_accuracies_budget_and_a_restorable_model(tiny_run):
     assert {"fp32_accuracy", "ptq_accuracy", "accuracy", "qat_accuracy", "qad_accuracy"} <= set(m)
     assert m["accuracy"] == m["qad_accuracy"] and m["fp32_accuracy"] == json.loads(
         (tiny_run / "manifest.json").read_text())["stages"]["distill"]["metrics"]["accuracy"]
-    assert [r["stage"].split(" ")[0] for r in m["budget"]] == ["teacher", "student", "student", "student", "student"]
-    assert "| student INT8 QAD |" in (tiny_run / "qat" / "budget.md").read_text()
+    assert [r["stage"].split(" ")[0] for r in m["budget"]] == ["teacher"] + ["student"] * 5
+    budget_md = (tiny_run / "qat" / "budget.md").read_text()
+    assert "| student INT8 QAD (cached teacher outputs) |" in budget_md and "FP32 student as teacher" in budget_md
     assert {"model", "ptq", "config", "budget", "eval"} <= set(st["outputs"])
     run = RunDir.open(tiny_run)
     model, config = load_quantized_student(run)  # what the export stage rebuilds
@@ -140,6 +141,9 @@ def test_predict_errors_are_one_line(tiny_run, tmp_path, capsys):
     assert code == 2 and "not a readable png or jpg" in err
     code, _, err = cli(capsys, "predict", tiny_run / "bundle", "--image", png, "--audio", wav, "--model", "nope")
     assert code == 2 and "student_fp32" in err
+    code, _, err = cli(capsys, "predict", tiny_run / "bundle", "--image", png, "--audio", wav,
+                       "--model", "student_int8_qdq", "--backend", "tensorrt")
+    assert code in (1, 2) and "TensorRT" in err and len(err.strip().splitlines()) == 1
 
 
 def test_build_without_tensorrt_is_skipped_with_a_trtexec_script(tiny_run, tmp_path, capsys):
@@ -164,6 +168,32 @@ def test_build_on_a_copied_bundle_needs_no_run_directory(tiny_run, tmp_path, cap
              f"main(['build', {str(bundle)!r}, '--target', 'jetson-orin-agx'])")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "skipped" in proc.stdout, proc.stderr
+
+
+def test_bench_report_and_gate_on_a_run(tiny_run, tmp_path, capsys):
+    out = tmp_path / "bench"
+    code, stdout, err = cli(capsys, "bench", tiny_run, "--batch", "1,4", "--backends", "onnxruntime-cpu",
+                            "--min-seconds", "0.2", "--max-seconds", "1", "--out", out)
+    assert code == 0, err
+    bench = json.loads((out / "bench.json").read_text())
+    keys = {"model", "backend", "device", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput", "accuracy",
+            "peak_rss_mb"}
+    rows = [r for r in bench["results"] if not r.get("skipped")]
+    assert {r["model"] for r in rows} >= {"student_fp32", "student_int8_cpu", "teacher_fp32"}
+    assert all(keys <= set(r) for r in rows) and {r["batch"] for r in rows} == {1, 4}
+    export = json.loads((tiny_run / "manifest.json").read_text())["stages"]["export"]["metrics"]
+    row = next(r for r in rows if r["model"] == "student_fp32" and r["batch"] == 1)
+    assert row["accuracy"] == export["student_fp32"]["accuracy"]  # accuracy through the same backend
+    budget = tmp_path / "budget.yaml"
+    budget.write_text("budgets:\n  - {name: acc, model: student_fp32, backend: onnxruntime-cpu, batch: 1, "
+                      "metric: accuracy, min: 0.0}\n  - {name: slow, model: student_fp32, backend: onnxruntime-cpu, "
+                      "batch: 1, metric: p95_ms, max: 0.000001}\n")
+    code, stdout, _ = cli(capsys, "gate", out / "bench.json", "--budget", budget)
+    assert code == 1 and "acc" in stdout and "slow" in stdout
+    code, stdout, err = cli(capsys, "report", tiny_run)
+    assert code == 0, err
+    report = (tiny_run / "report" / "report.md").read_text()
+    assert "student_int8_qdq" in report and "QAD" in report
 
 
 def test_training_commands_without_torch_name_the_extra():

@@ -133,6 +133,22 @@ def test_quantized_finetuning_resumes_exactly(toy, tmp_path):
         torch.testing.assert_close(a, b, msg=k)
 
 
+def test_qad_with_the_fp32_student_as_teacher_gets_targets_for_the_same_batch_and_mask(toy, tmp_path):
+    from edgekd.distill.cache import SelfTargets
+
+    reference = _student(toy)
+    targets = SelfTargets(reference)
+    x, keep = _batch(toy), torch.tensor([[1.0, 0.0]] * 8)
+    got = targets.get(x, keep)
+    torch.testing.assert_close(got["logits"], reference(x, keep=keep).logits)
+    assert not any(p.requires_grad for p in reference.parameters())
+    model, _ = _quantized(toy)
+    loss = {"alpha": 0.5, "temperature": 4.0, "beta": 0.0, "beta_modality": 0.0}
+    hist = train(Job(model, NAMES, QatConfig(epochs=2, batch_size=16, lr=1e-4), 0, tmp_path / "q.pt", "qad",
+                     targets=targets, loss=loss), toy)
+    assert len(hist) == 2 and "kd" in hist[-1] and hist[-1]["kd"] >= 0
+
+
 def test_a_pattern_matching_nothing_is_an_error(toy):
     with pytest.raises(RecipeError, match=r"recipe.qat.exclude: 'encoders.imag.body.9' matches no quantizable layer"):
         _quantized(toy, exclude=["encoders.imag.body.9"])

@@ -40,12 +40,14 @@ def open_source(source) -> tuple[object | None, object | None]:
 
 
 def _backends(requested, run, bundle) -> tuple[list[str], dict[str, str]]:
-    """(backends to try, {backend: why unavailable}); unavailable defaults are noted, not tried."""
+    """(backends to use, {backend: why it cannot run here}): by default the ones that can run; a
+    requested one that cannot becomes a skipped row with the reason."""
     from edgekd.recipe import suggest
 
     for b in requested or ():
         if b not in runners.BACKENDS:
-            raise UsageError(f"unknown backend '{b}'{suggest(b, runners.BACKENDS)} (choose from {', '.join(runners.BACKENDS)})")
+            raise UsageError(f"unknown backend '{b}'{suggest(b, runners.BACKENDS)} "
+                             f"(choose from {', '.join(runners.BACKENDS)})")
     try:
         import onnxruntime as ort
 
@@ -64,9 +66,7 @@ def _backends(requested, run, bundle) -> tuple[list[str], dict[str, str]]:
         why_not = "a bundle has no PyTorch models" if run is None else runners.torch_available(b)
         if why_not:
             why[b] = why_not
-    if requested:
-        return list(requested), {b: why[b] for b in requested if b in why}
-    return [b for b in runners.BACKENDS if b not in why], why
+    return (list(requested) if requested else [b for b in runners.BACKENDS if b not in why]), why
 
 
 def _testset(run, bundle, data_root):
@@ -119,7 +119,7 @@ def _open_all(run, bundle, backends, models, threads):
                 yield key, backend, runner, {**{k: v for k, v in meta.items() if k not in ("accuracy", "extra_files")},
                                              "load_rss_mb": _delta(before, sysinfo.rss_mb())}
         else:  # PyTorch eager, run directory only
-            for key in models or runners.TORCH_KEYS:
+            for key in [k for k in (models or runners.TORCH_KEYS) if k in runners.TORCH_KEYS]:
                 before = sysinfo.rss_mb()
                 try:
                     model, note, specs = runners.torch_model(run, key)
@@ -139,6 +139,9 @@ def run_bench(source, *, batches=None, threads: int = 1, backends=None, models=N
     Writes bench.json, bench.md, latency_accuracy.png and latency_distribution.png into `out`
     (default: RUN_DIR/bench/<timestamp>/, or <bundle parent>/bench/<timestamp>/), and records the
     `bench` stage in a run directory's manifest (metrics: the JSON's path and the contract keys)."""
+    unknown = set(measure_opts) - set(MEASURE_DEFAULTS)
+    if unknown:
+        raise UsageError(f"unknown bench setting(s) {', '.join(sorted(unknown))}: use {', '.join(MEASURE_DEFAULTS)}")
     opts = {**MEASURE_DEFAULTS, **measure_opts}
     started = time.time()
     run, bundle = open_source(source)
@@ -154,41 +157,23 @@ def run_bench(source, *, batches=None, threads: int = 1, backends=None, models=N
     peak = {"cpu": sysinfo.machine_peak_gflops()}
     if "torch-cuda" in names and "torch-cuda" not in unavailable:
         peak["cuda"] = runners.cuda_peak_gflops()
-    results, targets, closers, used = [], {b: [] for b in batches}, [], {}
-    for backend in names:
-        if backend in unavailable:
-            results += [skipped_result("*", backend, b, f"backend unavailable: {unavailable[backend]}",
-                                       device=runners.device_of(backend), threads=threads) for b in batches]
+    results = [skipped_result("*", backend, b, f"backend unavailable: {unavailable[backend]}",
+                              device=runners.device_of(backend), threads=threads)
+               for backend in names if backend in unavailable for b in batches]
+    targets, closers, used = {b: [] for b in batches}, [], {}
     for key, backend, runner, meta in _open_all(run, bundle, [b for b in names if b not in unavailable],
                                                  models, threads):
-        device = runners.device_of(backend)
         if isinstance(runner, str):
-            results += [skipped_result(key, backend, b, runner, device=device, threads=threads, meta=meta) for b in batches]
+            results += [skipped_result(key, backend, b, runner, device=runners.device_of(backend), threads=threads,
+                                       meta=meta) for b in batches]
             continue
         say(f"loaded {key} on {backend}")
         closers.append(runner.close)
         if "file" in meta and bundle is not None:
             used[key] = bundle.model_path(key)
-        names_in = list(runner.input_names)
-        acc = None
-        if inputs is not None and all(n in inputs for n in names_in):
-            chunk = batches[-1] if backend == "tensorrt" else max(batches[-1], 64)
-            acc = cache(partial(runners.accuracy, runner.run, {n: inputs[n] for n in names_in}, labels, chunk))
-        per_sample = _flops(run, bundle, key, meta)
-        for b in batches:
-            before = sysinfo.rss_mb()
-            try:
-                feeds = (runners.batch_of(inputs, names_in, b) if acc is not None
-                         else runners.synthetic(_specs(bundle, runner), b))
-                call = runners.fast_call(runner, feeds)
-            except Exception as e:  # noqa: BLE001 -- e.g. a batch outside an engine's profile
-                results.append(skipped_result(key, backend, b, f"failed: {str(e).splitlines()[0][:300]}",
-                                              device=device, threads=threads, meta=meta))
-                continue
-            after = sysinfo.rss_mb()
-            targets[b].append(Target(key, backend, b, call, device=device, threads=threads,
-                                     sync=getattr(runner, "sync", None), flops=per_sample * b if per_sample else None,
-                                     accuracy=acc, meta={**meta, "first_call_rss_mb": _delta(before, after)}))
+        for b, target in _targets(key, backend, runner, meta, batches, threads, inputs, labels,
+                                  _flops(run, bundle, key, meta), bundle):
+            (targets[b] if isinstance(target, Target) else results).append(target)
     try:
         for b in batches:
             if targets[b]:
@@ -199,13 +184,15 @@ def run_bench(source, *, batches=None, threads: int = 1, backends=None, models=N
             close()
 
     settings = {"batches": batches, "threads": threads, "backends": names, "models": models, **opts,
+                "unavailable_backends": unavailable,
                 "test_data": test_from, "peak_method": "numpy float32 matmul 1024x1024, best of 5"
                 + ("; cuda: torch float32 matmul 4096x4096" if "cuda" in peak else "")}
     src = {"kind": "run_dir" if run is not None else "bundle", "path": str(Path(source)),
            "name": (run.manifest.get("name") if run is not None else bundle.manifest.get("name"))}
     bench = build_bench(results, env=sysinfo.environment(threads), peak=peak, source=src, settings=settings,
                         confidence=opts["confidence"])
-    out_dir = Path(out) if out else (run.path if run is not None else bundle.path.parent) / "bench" / time.strftime("%Y%m%d-%H%M%S")
+    home = run.path if run is not None else bundle.path.parent
+    out_dir = Path(out) if out else home / "bench" / time.strftime("%Y%m%d-%H%M%S")
     files = write_outputs(bench, out_dir)
     if run is not None and record:
         contract = ("model", "backend", "device", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput",
@@ -215,6 +202,29 @@ def run_bench(source, *, batches=None, threads: int = 1, backends=None, models=N
                    "results": [{k: r[k] for k in contract} for r in bench["results"] if not r["skipped"]]}
         run.record("bench", started=started, outputs=files, inputs=used, metrics=metrics)
     return bench, files["json"]
+
+
+def _targets(key, backend, runner, meta, batches, threads, inputs, labels, per_sample, bundle):
+    """Yield (batch, Target or a skipped Result) for one opened runner at every batch size."""
+    device, names_in = runners.device_of(backend), list(runner.input_names)
+    acc = None
+    if inputs is not None and all(n in inputs for n in names_in):
+        # scored once per model and backend (cached), in chunks an engine's profile accepts
+        chunk = batches[-1] if backend == "tensorrt" else max(batches[-1], 64)
+        acc = cache(partial(runners.accuracy, runner.run, {n: inputs[n] for n in names_in}, labels, chunk))
+    for b in batches:
+        before = sysinfo.rss_mb()
+        try:
+            feeds = (runners.batch_of(inputs, names_in, b) if acc is not None
+                     else runners.synthetic(_specs(bundle, runner), b))
+            call = runners.fast_call(runner, feeds)
+        except Exception as e:  # noqa: BLE001 -- e.g. a batch outside an engine's profile
+            yield b, skipped_result(key, backend, b, f"failed: {str(e).splitlines()[0][:300]}", device=device,
+                                    threads=threads, meta=meta)
+            continue
+        yield b, Target(key, backend, b, call, device=device, threads=threads, sync=getattr(runner, "sync", None),
+                        flops=per_sample * b if per_sample else None, accuracy=acc,
+                        meta={**meta, "first_call_rss_mb": _delta(before, sysinfo.rss_mb())})
 
 
 def write_outputs(bench: dict, out_dir) -> dict[str, Path]:

@@ -68,7 +68,8 @@ KINDS = {"absolute": Absolute, "speedup": Speedup, "regression": Regression}
 
 
 def _problem(err: ValidationError, where: str, cls) -> str:
-    e = err.errors()[0]
+    errors = err.errors()  # a misspelt key usually also leaves a required one missing: name the typo
+    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     loc = ".".join(str(x) for x in e["loc"])
     if e["type"] == "extra_forbidden":
         return f"{where}: unknown key '{e['loc'][-1]}'{suggest(e['loc'][-1], cls.model_fields)}"
@@ -162,12 +163,14 @@ def _check(b: _Budget, bench: dict, baseline: dict | None, conf: float) -> tuple
             return ("SKIP" if b.optional else "FAIL"), f"{head}: the bench has no {b.metric}"
         value, lo, hi = interval(rec, b.metric, conf)
         op, bound = ("<=", b.max) if b.max is not None else (">=", b.min)
-        return decide(lo, hi, max=b.max, min=b.min), f"{head}: {b.metric} = {_g(value)} [{_g(lo)}, {_g(hi)}] ({ci}); budget {op} {bound:g}"
+        spread = f"[{_g(lo)}, {_g(hi)}] ({ci})" if b.metric in (*LATENCY, "mean_ms", "throughput") else "(no sampling noise)"
+        return decide(lo, hi, max=b.max, min=b.min), f"{head}: {b.metric} = {_g(value)} {spread}; budget {op} {bound:g}"
     p = QUANTILES[b.metric.removesuffix("_ms")]
     if isinstance(b, Speedup):
         other = _find(bench, b.baseline_model, b.baseline_backend or b.backend, b.batch)
         if other is None:
-            return ("SKIP" if b.optional else "FAIL"), f"{head}: {b.baseline_model} not measured on {b.baseline_backend or b.backend}"
+            missing = f"{head}: {b.baseline_model} not measured on {b.baseline_backend or b.backend}"
+            return ("SKIP" if b.optional else "FAIL"), missing
         value, lo, hi = ratio_ci(_latencies(other, "bench"), _latencies(rec, "bench"), p, conf)
         return decide(lo, hi, min=b.min), (f"{head}: speedup {b.metric}({b.baseline_model}) / {b.metric}({b.model}) = "
                                            f"{_g(value)}x [{_g(lo)}, {_g(hi)}] ({ci}); budget >= {b.min:g}x")

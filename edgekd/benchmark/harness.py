@@ -141,7 +141,8 @@ def measure(targets: list[Target], *, warmup_count: int = 10, warmup_seconds: fl
     for i, t in enumerate(targets):
         r = Result(t.model, t.backend, t.device, t.batch, t.threads, np.asarray(lat[i], dtype=np.float64) * 1000.0,
                    converged=stop == "ci" and i in active, stop=stop if i in active else "failed",
-                   accuracy=accuracy.get(i), flops=t.flops, peak_rss_mb=peak, gpu_mem_mb=gpu_mb if t.device != "cpu" else None,
+                   accuracy=accuracy.get(i), flops=t.flops, peak_rss_mb=peak,
+                   gpu_mem_mb=gpu_mb if t.device != "cpu" else None,
                    skipped=failed.get(i), meta=dict(t.meta))
         if r.skipped:
             r.latencies_ms = np.empty(0)

@@ -132,8 +132,9 @@ def to_markdown(bench: dict) -> str:
         ci = (r.get("ci") or {}).get("p99") or [None, None]
         frac = r.get("peak_fraction")
         flag = "" if r.get("converged") else " (time cap)"
+        pct = _f(None if frac is None else 100 * frac, 2)
         lines.append("| " + " | ".join(_f(r.get(c)) for c in COLUMNS) +
-                     f" | [{_f(ci[0])}, {_f(ci[1])}] | {_f(None if frac is None else 100 * frac, 2)} | {r['samples']}{flag} |")
+                     f" | [{_f(ci[0])}, {_f(ci[1])}] | {pct} | {r['samples']}{flag} |")
     if bench.get("ratios"):
         lines += ["", "| comparison | p50 speedup | CI |", "|---|---|---|"]
         lines += [f"| {q['name']} | {q['value']:.2f}x | [{_f(q['ci'][0])}, {_f(q['ci'][1])}] |" for q in bench["ratios"]]
@@ -189,14 +190,16 @@ def plots(bench: dict, out_dir) -> list[Path]:
     written.append(_save(fig, out_dir / "latency_accuracy.png", atomic_path))
     plt.close(fig)
 
-    fig, axes = plt.subplots(len(batches), 1, figsize=(8, 0.5 + 0.45 * max(len(live), 2)), squeeze=False, dpi=100)
-    for ax, batch in zip(axes[:, 0], batches):
+    widest = max((sum(r["batch"] == b for r in live) for b in batches), default=1)
+    fig, axes = plt.subplots(1, len(batches), figsize=(len(batches) * (1.5 + 0.8 * widest), 4.5), squeeze=False, dpi=100)
+    for ax, batch in zip(axes[0], batches):
         rows = [r for r in live if r["batch"] == batch]
         if rows:
-            ax.boxplot([r["latencies_ms"] for r in rows], vert=False, whis=(1, 99), flierprops={"markersize": 2})
-            ax.set_yticks(range(1, len(rows) + 1), [f"{r['model']} · {r['backend']}" for r in rows], fontsize=7)
-            ax.set_xscale("log")
-        ax.set(xlabel="latency per call (ms, log; whiskers p1-p99)", title=f"batch {batch}")
+            ax.boxplot([r["latencies_ms"] for r in rows], whis=(1, 99), flierprops={"markersize": 2})
+            ax.set_xticks(range(1, len(rows) + 1), [f"{r['model']}\n{r['backend']}" for r in rows],
+                          fontsize=7, rotation=30, ha="right")
+            ax.set_yscale("log")
+        ax.set(ylabel="latency per call (ms, log; whiskers p1-p99)", title=f"batch {batch}")
     fig.tight_layout()
     written.append(_save(fig, out_dir / "latency_distribution.png", atomic_path))
     plt.close(fig)

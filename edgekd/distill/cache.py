@@ -84,3 +84,19 @@ class TeacherTargets:
         if self.cache_dir is not None:
             for p in range(pairings):
                 self._load_or_compute(p)
+
+
+class SelfTargets:
+    """Targets from a frozen copy of the model being fine-tuned (QAD with the FP32 student as the
+    teacher, ModelOpt's default): run on the same batch with the same modality mask, so the
+    quantized model is asked to reproduce exactly what its FP32 self computes."""
+
+    def __init__(self, model):
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def get(self, inputs: dict, keep) -> dict:
+        out = self.model(inputs, keep=keep)
+        return {"logits": out.logits, "features": out.features, "modality_features": dict(out.modality_features)}

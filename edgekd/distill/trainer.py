@@ -17,7 +17,7 @@ from torch import nn
 
 from edgekd.data.base import Dataset
 from edgekd.distill.augment import augment
-from edgekd.distill.cache import TeacherTargets
+from edgekd.distill.cache import SelfTargets, TeacherTargets
 from edgekd.distill.losses import Projectors, distill_loss
 from edgekd.errors import CheckpointError, TrainingError
 from edgekd.recipe import Optim
@@ -34,7 +34,7 @@ class Job:
     seed: int
     checkpoint: Path
     label: str
-    targets: TeacherTargets | None = None
+    targets: TeacherTargets | SelfTargets | None = None
     projectors: Projectors | None = None
     loss: dict = field(default_factory=lambda: {"alpha": 1.0, "temperature": 1.0, "beta": 0.0, "beta_modality": 0.0})
     # what the checkpoint must have been trained for (recipe, data, teacher); resume refuses others
@@ -134,8 +134,13 @@ def _epochs(job, data, opt, sched, splits, start, history, steps_per_epoch, prog
             if o.augment:
                 x = augment(x, kinds, gen)
             y = torch.from_numpy(split.labels[idx])
-            out = job.model(x, keep=_modality_keep(len(idx), len(job.names), o.modality_dropout, gen))
-            target = job.targets.get(pairing, idx, x if o.augment else None) if job.targets is not None else None
+            keep = _modality_keep(len(idx), len(job.names), o.modality_dropout, gen)
+            out = job.model(x, keep=keep)
+            target = None
+            if isinstance(job.targets, SelfTargets):  # the FP32 model on exactly this batch and mask
+                target = job.targets.get(x, keep)
+            elif job.targets is not None:
+                target = job.targets.get(pairing, idx, x if o.augment else None)
             loss, parts = distill_loss(out, y, target, job.projectors, **job.loss)
             if not torch.isfinite(loss):
                 raise TrainingError(f"{job.label}: the loss became {loss.item()} in epoch {epoch + 1}; lower the "

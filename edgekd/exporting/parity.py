@@ -21,6 +21,7 @@ class Rung:
     reference: str  # what it is compared with, e.g. "pytorch fake-quant"
     tolerance: float  # max abs diff allowed on logits (embedding: scaled by its magnitude)
     min_agreement: float  # top-1 agreement required where the reference is not a near-tie
+    relative: bool = False  # tolerance is a fraction of the batch's largest |logit| (at least 1)
 
 
 def torch_outputs(model, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -63,11 +64,13 @@ def run_rung(rung: Rung, model, session, batches: dict[int, dict[str, np.ndarray
             if got[k].shape != (size, *got[k].shape[1:]):
                 raise ExportError(f"{rung.name}: output '{k}' has batch {got[k].shape[0]} for an input batch of {size}; "
                                   "the dynamic batch axis is broken")
-        c = compare(torch_outputs(model, batch), got, rung.tolerance)
+        ref = torch_outputs(model, batch)
+        base = rung.tolerance * (max(1.0, float(np.abs(ref["logits"]).max())) if rung.relative else 1.0)
+        c = compare(ref, got, base)
         result["batches"][size] = c
         for k in OUTPUTS:
             # the embedding may be on another scale than the logits: hold it to the same relative error
-            tol = rung.tolerance * (1.0 if k == "logits" else max(1.0, c["scale"][k] / max(c["scale"]["logits"], 1e-6)))
+            tol = base * (1.0 if k == "logits" else max(1.0, c["scale"][k] / max(c["scale"]["logits"], 1e-6)))
             if not c["max_abs_diff"][k] <= tol:
                 raise ExportError(f"parity: {rung.name} vs {rung.reference} at batch {size}: output '{k}' max abs "
                                   f"diff {c['max_abs_diff'][k]:.3g} > tolerance {tol:.3g}; the exported model does not "

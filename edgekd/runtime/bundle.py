@@ -46,8 +46,9 @@ def model_filename(key: str, suffix: str = ".onnx") -> str:
 
 
 def write_bundle(dest: Path, *, name: str, models: dict[str, dict], model_files: dict[str, Path],
-                 io_spec: dict, preprocess: dict, labels: list[str]) -> Path:
-    """Write a complete bundle at `dest`, replacing an existing bundle only once the new one is whole."""
+                 io_spec: dict, preprocess: dict, labels: list[str], extra_files: dict[str, Path] | None = None) -> Path:
+    """Write a complete bundle at `dest`, replacing an existing bundle only once the new one is whole.
+    `extra_files` maps a relative path in the bundle to a source file (e.g. testset.npz)."""
     dest = Path(dest)
     if set(models) != set(model_files) or not models:
         raise BundleError(f"bundle models {sorted(models)} and model files {sorted(model_files)} differ: "
@@ -85,6 +86,9 @@ def write_bundle(dest: Path, *, name: str, models: dict[str, dict], model_files:
                 rel = f"tokenizer/{stem}.json"
                 _write(tmp / rel, p.pop("tokenizer_json"))
                 p["tokenizer_file"] = rel
+        for rel, src in (extra_files or {}).items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, tmp / rel)
         _write(tmp / "io_spec.json", _dumps(io_spec))
         _write(tmp / "preprocess.json", _dumps(pre))
         _write(tmp / "labels.json", _dumps([str(x) for x in labels]))

@@ -25,7 +25,8 @@ def _and(names) -> str:
 
 
 def predict(bundle_dir, *, files: dict[str, str] | None = None, texts: dict[str, str] | None = None,
-            vectors: dict[str, list[float]] | None = None, model: str | None = None, threads: int = 1) -> dict:
+            vectors: dict[str, list[float]] | None = None, model: str | None = None, threads: int = 1,
+            backend: str = "onnxruntime") -> dict:
     """{"model", "label", "index", "probabilities": {label: p}} for one sample.
 
     `files` maps image/audio modality names to a png/jpg or wav path, `texts` maps text modalities
@@ -41,7 +42,7 @@ def predict(bundle_dir, *, files: dict[str, str] | None = None, texts: dict[str,
             if _CHANNEL.get(kinds[name]) != channel:
                 article = "an" if kinds[name][0] in "aeiou" else "a"
                 raise UsageError(f"--{name} is {article} {kinds[name]} input: give it as {_describe(kinds[name])}")
-    runner = make_runner(bundle, key, threads=threads)
+    runner = make_runner(bundle, key, backend=backend, threads=threads)
     try:
         needed = runner.input_names
         supplied = {n: v for values in given.values() for n, v in values.items()}

@@ -16,7 +16,7 @@ from edgekd.models import count_flops, count_params, create_model
 from edgekd.models.io import load_model
 from edgekd.plots import confusion_png
 from edgekd.recipe import recipe_hash, suggest
-from edgekd.rundir import RunDir, atomic_write_json, sha256_file
+from edgekd.rundir import RunDir, atomic_path, atomic_write_json, sha256_file
 from edgekd.stages import threads
 from edgekd.stages.teacher import example_batch
 
@@ -54,6 +54,12 @@ def _fit_student(run, recipe, data, names, label, targets, resume, progress, kd:
     files = save_model(student, run.stage_dir("distill") / label, role="student", name=recipe.student.name,
                        options=options, modalities=specs, classes=data.classes,
                        data_fingerprint=data.fingerprint())
+    if job.projectors is not None:  # QAD continues the same objective, feature terms included
+        from safetensors.torch import save_file
+
+        with atomic_path(run.stage_dir("distill") / label / "projectors.safetensors") as tmp:
+            save_file(job.projectors.state_dict(), str(tmp))
+        files["projectors"] = run.stage_dir("distill") / label / "projectors.safetensors"
     return student, history, files
 
 
@@ -95,7 +101,7 @@ def run_distill(run: RunDir, data_root=None, resume: bool = False, progress=None
             "cache_seconds": cache_seconds if cache_dir else None,
             "epoch_seconds": round(sum(h["seconds"] for h in history) / max(1, len(history)), 3),
         }
-        outputs = {"weights": files["weights"], "config": files["config"]}
+        outputs = {"weights": files["weights"], "config": files["config"], "projectors": files["projectors"]}
         report = {"student": {**result, "history": history}}
         if r.distill.baseline:
             base, base_hist, base_files = _fit_student(run, r, data, names, "baseline", None, resume, progress,

@@ -19,7 +19,7 @@ from edgekd.exporting.lint import check, format_report, lint_onnx
 from edgekd.exporting.onnx_export import OPSET, export_onnx
 from edgekd.exporting.parity import Rung, ort_accuracy, ort_session, run_rung
 from edgekd.models.io import load_model
-from edgekd.rundir import RunDir, atomic_write_json, atomic_write_text
+from edgekd.rundir import RunDir, atomic_path, atomic_write_json, atomic_write_text
 from edgekd.runtime.bundle import write_bundle
 from edgekd.stages import threads
 from edgekd.stages.qat import load_fp32_student, load_quantized_student
@@ -86,7 +86,8 @@ def run_export(run: RunDir, data_root=None, resume: bool = False, progress=None)
 
         rungs = {"student_fp32": Rung("student_fp32", "pytorch fp32", e.fp32_tolerance, 1.0),
                  "teacher_fp32": Rung("teacher_fp32", "pytorch fp32", e.fp32_tolerance, 1.0),
-                 "student_int8_qdq": Rung("student_int8_qdq", "pytorch fake-quant", e.qdq_tolerance, e.qdq_min_agreement),
+                 "student_int8_qdq": Rung("student_int8_qdq", "pytorch fake-quant", e.qdq_tolerance, e.qdq_min_agreement,
+                                          relative=True),
                  # its own calibration: held to agreement, not to a logit tolerance
                  "student_int8_cpu": Rung("student_int8_cpu", "pytorch fp32", float("inf"), 0.0)}
         # the CPU model's own calibration moves near-tied logits, so its agreement is judged over the
@@ -115,11 +116,21 @@ def run_export(run: RunDir, data_root=None, resume: bool = False, progress=None)
         parity_json = atomic_write_json(out / "parity.json", parity)
 
         specs = {k: v for k, v in config["modalities"].items()}
-        bundle_models = {k: {**KINDS[k], "accuracy": metrics[k]["accuracy"]} for k in files}
+        flops = {"student": run.stage("distill")["metrics"].get("flops"),
+                 "teacher": run.stage("teacher")["metrics"].get("flops")}
+        bundle_models = {k: {**KINDS[k], "accuracy": metrics[k]["accuracy"], "flops": flops[KINDS[k]["role"]]}
+                         for k in files}
+        extra = {}
+        if e.testset:  # every model input of the test split + labels, no pickles (np.load allow_pickle=False)
+            arrays = {f"input.{m}": test.inputs[m] for m in dict.fromkeys([*names, *(teacher.names if teacher else [])])}
+            with atomic_path(out / "testset.npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez_compressed(f, labels=test.labels.astype(np.int64), **arrays)
+            extra["testset.npz"] = out / "testset.npz"
         bundle = write_bundle(run.path / "bundle", name=r.name, models=bundle_models, model_files=files,
                               io_spec=_io_spec(specs, len(data.classes), fp32.embed_dim),
                               preprocess=_bundle_preprocess(data, list(dict.fromkeys([*names, *(teacher.names if teacher else [])]))),
-                              labels=list(data.classes))
+                              labels=list(data.classes), extra_files=extra)
         outputs = {**files, "parity": parity_json, "lint": lint_json, "lint_md": lint_md,
                    "bundle_manifest": bundle / "manifest.json"}
         run.record("export", started=started, outputs=outputs, metrics={**metrics, "opset": OPSET},

@@ -1,0 +1,177 @@
+"""`edgekd report RUN_DIR`: one Markdown page that tells a run's story from its manifest alone.
+
+It reads only what the stages recorded (manifest metrics, export/parity.json, the newest bench
+JSON), never the models, so it renders in a second on any machine, torch or not, and it renders
+whatever stages exist: a stage that did not run says so instead of failing the report.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import yaml
+
+from edgekd.benchmark.results import load_bench, plots, to_markdown
+from edgekd.errors import UsageError
+from edgekd.rundir import RunDir, atomic_write_text
+
+NOT_RUN = "not run"
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def _size(n) -> str:
+    if n is None:
+        return "–"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def _metrics(run: RunDir, stage: str) -> dict | None:
+    st = run.stage(stage)
+    return None if st is None else (st.get("metrics") or {})
+
+
+def _recipe_section(run: RunDir) -> list[str]:
+    try:
+        raw = yaml.safe_load((run.path / "recipe.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return ["## Recipe", "", "recipe.yaml is missing or unreadable.", ""]
+
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}={v}"
+
+    lines = ["## Recipe", "", "| section | settings |", "|---|---|",
+             "| run | " + ", ".join(f"{k}={v}" for k, v in raw.items() if not isinstance(v, dict)) + " |"]
+    for section, body in raw.items():
+        if isinstance(body, dict):
+            text = ", ".join(flat(body))
+            lines.append(f"| {section} | {text if len(text) < 400 else text[:400] + ' …'} |")
+    return lines + [""]
+
+
+def _stages_section(run: RunDir) -> list[str]:
+    lines = ["## Stages", "", "| stage | status | finished | seconds |", "|---|---|---|---|"]
+    for name, st in run.manifest["stages"].items():
+        lines.append(f"| {name} | {st.get('status')} | {st.get('finished', '–')} | {st.get('seconds', '–')} |")
+    return lines + ([""] if run.manifest["stages"] else ["", "No stage has run yet.", ""])
+
+
+def _budget_section(run: RunDir, bench: dict | None) -> list[str]:
+    teacher, distill, qat = (_metrics(run, s) for s in ("teacher", "distill", "qat"))
+    export, build = _metrics(run, "export"), run.stage("build")
+    rows: list[tuple[str, float | None, str]] = []  # (stage, accuracy, compared with)
+    if qat and qat.get("budget"):
+        prev = None
+        for row in qat["budget"]:
+            rows.append((row["stage"], row["accuracy"], prev or ""))
+            prev = row["stage"]
+    else:
+        rows.append(("teacher (FP32)", (teacher or {}).get("accuracy"), ""))
+        rows.append(("student FP32", (distill or {}).get("accuracy"), "teacher (FP32)"))
+        rows.append(("student INT8 PTQ → QAT/QAD", None, NOT_RUN))
+    acc = {label: a for label, a, _ in rows}
+    fp32 = (qat or {}).get("fp32_accuracy", (distill or {}).get("accuracy"))
+    refs = {"student_fp32": ("student FP32", fp32), "student_int8_cpu": ("student FP32", fp32),
+            "teacher_fp32": ("teacher (FP32)", (teacher or {}).get("accuracy")),
+            "student_int8_qdq": (f"student INT8 {(qat or {}).get('method', 'QAT').upper()}", (qat or {}).get("accuracy"))}
+    if export:
+        for key in ("student_fp32", "student_int8_qdq", "student_int8_cpu", "teacher_fp32"):
+            if isinstance(export.get(key), dict):
+                rows.append((f"ONNX {key} (onnxruntime)", export[key].get("accuracy"), refs[key][0]))
+                acc.setdefault(refs[key][0], refs[key][1])
+                acc[rows[-1][0]] = rows[-1][1]
+    else:
+        rows.append(("ONNX models", None, NOT_RUN))
+    if build is None:
+        rows.append(("TensorRT engine", None, NOT_RUN))
+    elif build.get("status") != "done" or (build.get("metrics") or {}).get("skipped"):
+        why = (build.get("metrics") or {}).get("skipped", build.get("status"))
+        rows.append(("TensorRT engine", None, f"not built: {why}"))
+    else:
+        engine = [r for r in (bench or {}).get("results", []) if r["backend"] == "tensorrt" and r.get("accuracy") is not None]
+        rows.append((f"TensorRT engine ({build['metrics'].get('device')})", engine[0]["accuracy"] if engine else None,
+                     "ONNX student_int8_qdq (onnxruntime)" if engine else "not measured: run `edgekd bench` on the GPU"))
+    lines = ["## Accuracy budget (test split)", "", "| stage | accuracy | change | compared with |", "|---|---|---|---|"]
+    for label, a, ref in rows:
+        base = acc.get(ref)
+        delta = f"{100 * (a - base):+.1f} pt" if a is not None and base is not None else ""
+        lines.append(f"| {label} | {_pct(a) if a is not None else '–'} | {delta} | {ref} |")
+    return lines + [""]
+
+
+def _parity_section(run: RunDir) -> list[str]:
+    entry = ((run.stage("export") or {}).get("outputs") or {}).get("parity")
+    path = run.path / entry["path"] if entry else run.path / "export" / "parity.json"
+    if not path.is_file():
+        return ["## Parity ladder", "", f"Export {NOT_RUN} (no export/parity.json).", ""]
+    ladder = json.loads(path.read_text(encoding="utf-8"))
+    lines = ["## Parity ladder", "", "| model | reference | batches | max abs diff (logits) | tolerance | "
+             "top-1 agreement | test-split agreement | accuracy (onnxruntime) |", "|---|---|---|---|---|---|---|---|"]
+    for key, r in ladder.items():
+        tol = r.get("tolerance")
+        lines.append(f"| {key} | {r.get('reference')} | {', '.join(map(str, r.get('batches', {})))} | "
+                     f"{r.get('max_abs_diff', float('nan')):.3g} | {'–' if tol in (None, float('inf')) else f'{tol:g}'} | "
+                     f"{_pct(r.get('top1_agreement'))} | {_pct(r.get('test_top1_agreement'))} | {_pct(r.get('accuracy'))} |")
+    return lines + [""]
+
+
+def newest_bench(run: RunDir) -> Path | None:
+    """The bench JSON the manifest's bench stage points at, else the newest under RUN_DIR/bench/."""
+    rel = (_metrics(run, "bench") or {}).get("bench_json")
+    if rel and (run.path / rel).is_file():
+        return run.path / rel
+    found = sorted((run.path / "bench").glob("**/bench.json"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def _latency_section(run: RunDir, bench_path: Path | None, bench: dict | None, out_dir: Path) -> list[str]:
+    if bench is None:
+        return ["## Latency", "", f"Bench {NOT_RUN}: `edgekd bench {run.path}` measures every model.", ""]
+    table = to_markdown(bench).split("\n", 2)[2]  # its own title would be a second H1
+    pngs = [bench_path.parent / n for n in ("latency_accuracy.png", "latency_distribution.png")]
+    if not all(p.is_file() for p in pngs):
+        pngs = plots(bench, out_dir)
+    rel = os.path.relpath(bench_path, out_dir)
+    return (["## Latency", "", f"From `{rel}`.", "", table]
+            + [f"![{p.stem}]({os.path.relpath(p, out_dir)})" for p in pngs] + [""])
+
+
+def _sizes_section(run: RunDir) -> list[str]:
+    lines = ["## Artifacts", "", "| stage | output | path | size |", "|---|---|---|---|"]
+    for name, st in run.manifest["stages"].items():
+        for key, e in (st.get("outputs") or {}).items():
+            lines.append(f"| {name} | {key} | {e.get('path')} | {_size(e.get('bytes'))} |")
+    bundle = run.path / "bundle" / "manifest.json"
+    if bundle.is_file():
+        files = json.loads(bundle.read_text(encoding="utf-8")).get("files", {})
+        lines.append(f"| bundle | all {len(files)} files | bundle/ | {_size(sum(f['bytes'] for f in files.values()))} |")
+    return lines + [""]
+
+
+def render_report(run_dir) -> Path:
+    """Write RUN_DIR/report/report.md (plots beside it when the bench's own are missing); returns its path."""
+    run = RunDir.open(Path(run_dir), check_recipe=False)  # a report must render even an outdated recipe
+    out_dir = run.path / "report"
+    bench_path = newest_bench(run)
+    try:
+        bench = load_bench(bench_path) if bench_path else None
+    except UsageError:
+        bench, bench_path = None, None
+    name = run.manifest.get("name", run.path.name)
+    lines = [f"# edgekd report: {name}", "",
+             f"Run directory `{run.path}`, created {run.manifest.get('created', '?')} by edgekd "
+             f"{run.manifest.get('edgekd_version', '?')}.", ""]
+    lines += _recipe_section(run) + _stages_section(run) + _budget_section(run, bench) + _parity_section(run)
+    lines += _latency_section(run, bench_path, bench, out_dir) + _sizes_section(run)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(out_dir / "report.md", "\n".join(lines))
