@@ -44,10 +44,10 @@ def _stage(stage: str, target, run_dir, data_root, sets, resume, force, quiet):
 
 
 @app.command()
-def run(target: Target, until: Annotated[str, typer.Option("--until", help="Last stage to run.")] = "build",
+def run(target: Target, until: Annotated[str, typer.Option("--until", help="Last stage to run.")] = "bench",
         run_dir: RunDirOpt = None, data_root: DataRoot = None, set_: Sets = None, resume: Resume = False,
         force: Force = False, quiet: Quiet = False):
-    """Run the pipeline (teacher -> distill -> qat -> export -> build) for a recipe; finished stages are kept unless --force."""
+    """Run the pipeline (teacher -> distill -> qat -> export -> build -> bench) for a recipe; finished stages are kept unless --force."""
     from edgekd.pipeline import check_until, open_run, run_pipeline
 
     check_until(until)  # before anything is created on disk
