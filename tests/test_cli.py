@@ -382,6 +382,7 @@ student: {{name: fusion_tiny, fusion: attention}}
 distill: {{epochs: 1, batch_size: 8, beta_modality: 0.5}}
 qat: {{epochs: 1, batch_size: 8, calib_batches: 1}}
 export: {{cpu_int8_min_agreement: 0.0}}  # one epoch, 6 test rows: near-tied logits flip under INT8
+bench: {{batches: [1], backends: [onnxruntime-cpu], min_seconds: 0.1, max_seconds: 0.5}}
 """)
     code, out, err = cli(capsys, "run", recipe, "--run-dir", tmp_path / "run", "-q")
     assert code == 0, err
