@@ -1,0 +1,118 @@
+"""Checks of the benchmark harness itself on a real bundle (issue targets; not part of CI):
+
+    OMP_NUM_THREADS=1 python bench/harness_checks.py runs/avdigits/bundle [--runs 20]
+
+1. overhead: batch-1 p50 of `edgekd bench` vs a bare `InferenceSession.run` loop, same model;
+2. repeatability: p50 of three successive benches;
+3. gate reliability: a regression budget (10%) against a baseline bench passes for the unchanged
+   student and fails for a 20%-slower student (a wider student of the same architecture), N times.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.benchmark.bench import run_bench
+from edgekd.benchmark.gate import gate
+from edgekd.exporting.parity import ort_session
+
+MODEL = "student_fp32"
+FAST = {"min_seconds": 3.0, "max_seconds": 10.0}
+
+
+def bench(bundle: Path, out: Path) -> tuple[dict, Path]:
+    return run_bench(bundle, batches=[1], threads=1, backends=["onnxruntime-cpu"], models=[MODEL], out=out,
+                     record=False, **FAST)
+
+
+def p50(b: dict) -> float:
+    return next(r["p50_ms"] for r in b["results"] if r["model"] == MODEL and not r.get("skipped"))
+
+
+def bare_p50(path: Path, inputs: dict, seconds: float = 3.0) -> float:
+    s = ort_session(path)
+    for _ in range(50):
+        s.run(None, inputs)
+    times, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        s.run(None, inputs)
+        times.append(time.perf_counter() - t)
+    return float(np.percentile(np.asarray(times) * 1000, 50))
+
+
+def slower_bundle(bundle: Path, dest: Path, width: int) -> Path:
+    """A copy of the bundle whose student FP32 is a wider student of the same design."""
+    import torch
+
+    from edgekd.exporting.onnx_export import export_onnx
+    from edgekd.models import create_model
+    from edgekd.runtime.bundle import load_bundle, write_bundle
+    from edgekd.data.base import ModalitySpec
+
+    b = load_bundle(bundle)
+    specs = {i["name"]: ModalitySpec(i["name"], i["kind"], tuple(i["shape"][1:]), i["dtype"]) for i in b.io_spec["inputs"]}
+    torch.manual_seed(0)
+    wide = create_model("fusion_small", "student", modalities=specs, num_classes=len(b.labels), fusion="late",
+                        width=width).eval()
+    onnx_path = export_onnx(wide, {k: torch.zeros((1, *s.shape)) for k, s in specs.items()}, dest / "wide.onnx")
+    return write_bundle(dest / "bundle", name="wide", models={MODEL: {k: v for k, v in b.models[MODEL].items() if k != "file"}},
+                        model_files={MODEL: onnx_path}, io_spec=b.io_spec, preprocess=b.preprocess, labels=b.labels,
+                        extra_files={"testset.npz": bundle / "testset.npz"})
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--width", type=int, default=15, help="width of the slower student (the default is 12)")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="harness-"))
+    report = {}
+    from edgekd.benchmark.runners import load_testset
+    from edgekd.runtime.bundle import load_bundle
+
+    inputs, _ = load_testset(args.bundle / "testset.npz")
+    one = {k: v[:1] for k, v in inputs.items()}
+    model_path = load_bundle(args.bundle).model_path(MODEL)
+    pairs = []
+    for i in range(3):  # alternate so drift hits both
+        bare = bare_p50(model_path, one)
+        b, _ = bench(args.bundle, work / f"o{i}")
+        pairs.append((bare, p50(b)))
+    report["overhead"] = {"bare_p50_ms": [round(a, 4) for a, _ in pairs], "bench_p50_ms": [round(b, 4) for _, b in pairs],
+                          "ratio": [round(b / a, 3) for a, b in pairs]}
+    report["repeatability_p50_ms"] = [round(b, 4) for _, b in pairs]
+    print(json.dumps(report), flush=True)
+
+    budget = work / "regression.yaml"
+    budget.write_text("budgets:\n  - {name: no regression, kind: regression, model: student_fp32, "
+                      "backend: onnxruntime-cpu, batch: 1, metric: p50_ms, max_slowdown: 0.10}\n")
+    _, baseline = bench(args.bundle, work / "baseline")
+    wide = slower_bundle(args.bundle, work / "wide", args.width)
+    codes = {"unchanged": [], "slower": []}
+    slow_ratio = []
+    for i in range(args.runs):
+        for label, src in (("unchanged", args.bundle), ("slower", wide)):
+            b, path = bench(src, work / f"{label}{i}")
+            code, _ = gate(path, budget, baseline)
+            codes[label].append(code)
+            if label == "slower":
+                slow_ratio.append(p50(b) / p50(json.loads(baseline.read_text())))
+        print(i, codes["unchanged"][-1], codes["slower"][-1], flush=True)
+    report["gate"] = {k: {"pass": v.count(0), "fail": v.count(1), "inconclusive": v.count(3)} for k, v in codes.items()}
+    report["slower_p50_ratio"] = round(float(np.median(slow_ratio)), 3)
+    print(json.dumps(report, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
