@@ -27,9 +27,9 @@ MODEL = "student_fp32"
 FAST = {"min_seconds": 3.0, "max_seconds": 10.0}
 
 
-def bench(bundle: Path, out: Path) -> tuple[dict, Path]:
+def bench(bundle: Path, out: Path, baseline: Path | None = None) -> tuple[dict, Path]:
     return run_bench(bundle, batches=[1], threads=1, backends=["onnxruntime-cpu"], models=[MODEL], out=out,
-                     record=False, **FAST)
+                     record=False, baseline=baseline, **FAST)
 
 
 def p50(b: dict) -> float:
@@ -73,6 +73,8 @@ def main() -> int:
     ap.add_argument("bundle", type=Path)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--width", type=int, default=15, help="width of the slower student (the default is 12)")
+    ap.add_argument("--modes", default="separate,interleaved",
+                    help="regression gate baselines to test: separate (an earlier bench), interleaved (same run)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="harness-"))
     report = {}
@@ -97,18 +99,23 @@ def main() -> int:
                       "backend: onnxruntime-cpu, batch: 1, metric: p50_ms, max_slowdown: 0.10}\n")
     _, baseline = bench(args.bundle, work / "baseline")
     wide = slower_bundle(args.bundle, work / "wide", args.width)
-    codes = {"unchanged": [], "slower": []}
-    slow_ratio = []
-    for i in range(args.runs):
-        for label, src in (("unchanged", args.bundle), ("slower", wide)):
-            b, path = bench(src, work / f"{label}{i}")
-            code, _ = gate(path, budget, baseline)
-            codes[label].append(code)
-            if label == "slower":
-                slow_ratio.append(p50(b) / p50(json.loads(baseline.read_text())))
-        print(i, codes["unchanged"][-1], codes["slower"][-1], flush=True)
-    report["gate"] = {k: {"pass": v.count(0), "fail": v.count(1), "inconclusive": v.count(3)} for k, v in codes.items()}
-    report["slower_p50_ratio"] = round(float(np.median(slow_ratio)), 3)
+    for mode in args.modes.split(","):  # baseline bench taken earlier vs measured in the same run
+        codes = {"unchanged": [], "slower": []}
+        slow_ratio = []
+        for i in range(args.runs):
+            for label, src in (("unchanged", args.bundle), ("slower", wide)):
+                same = args.bundle if mode == "interleaved" else None
+                b, path = bench(src, work / f"{mode}{label}{i}", baseline=same)
+                code, _ = gate(path, budget, None if same else baseline)
+                codes[label].append(code)
+                if label == "slower":
+                    ref = b if same else json.loads(baseline.read_text())
+                    slow_ratio.append(p50(b) / next(r["p50_ms"] for r in ref["results"]
+                                                    if r["model"] == ("baseline/" if same else "") + MODEL))
+            print(mode, i, codes["unchanged"][-1], codes["slower"][-1], flush=True)
+        report[f"gate_{mode}"] = {k: {"pass": v.count(0), "fail": v.count(1), "inconclusive": v.count(3)}
+                                  for k, v in codes.items()}
+        report[f"slower_p50_ratio_{mode}"] = round(float(np.median(slow_ratio)), 3)
     print(json.dumps(report, indent=1))
     shutil.rmtree(work, ignore_errors=True)
     return 0

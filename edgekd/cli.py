@@ -142,6 +142,7 @@ def bench(source: Annotated[Path, typer.Argument(metavar="RUN_DIR_OR_BUNDLE", he
           out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: RUN_DIR/bench/<time>/).")] = None,
           min_seconds: Annotated[Optional[float], typer.Option("--min-seconds", help="Minimum measuring time per batch size.")] = None,
           max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", help="Time cap per batch size.")] = None,
+          baseline: Annotated[Optional[Path], typer.Option("--baseline", help="A baseline bundle (e.g. main's) measured interleaved in the same run, as baseline/<model>, for regression gates.")] = None,
           data_root: DataRoot = None):
     """Measure latency (p50/p90/p95/p99 with confidence bounds, interleaved) and accuracy of every model on every backend."""
     from edgekd.benchmark.bench import run_bench
@@ -157,7 +158,8 @@ def bench(source: Annotated[Path, typer.Argument(metavar="RUN_DIR_OR_BUNDLE", he
     result, path = run_bench(source, batches=_csv(batch, int, "--batch") or (cfg.batches if cfg else None),
                              threads=threads or (cfg.threads if cfg else 1),
                              backends=_csv(backends) or (cfg.backends if cfg else None), models=_csv(models),
-                             out=out, data_root=data_root, progress=lambda msg: typer.echo(msg, err=True), **opts)
+                             out=out, data_root=data_root, progress=lambda msg: typer.echo(msg, err=True),
+                             baseline=baseline, **opts)
     md = path.parent / "bench.md"
     typer.echo(md.read_text() if md.is_file() else "")
     typer.echo(f"bench JSON: {path}")

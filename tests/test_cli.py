@@ -196,6 +196,23 @@ def test_bench_report_and_gate_on_a_run(tiny_run, tmp_path, capsys):
     assert "student_int8_qdq" in report and "QAD" in report
 
 
+def test_bench_with_a_baseline_bundle_measures_both_in_one_run_for_the_regression_gate(tiny_run, tmp_path, capsys):
+    out = tmp_path / "ab"
+    code, _, err = cli(capsys, "bench", tiny_run / "bundle", "--baseline", tiny_run / "bundle", "--models",
+                       "student_fp32", "--backends", "onnxruntime-cpu", "--min-seconds", "0.2", "--max-seconds", "1",
+                       "--out", out)
+    assert code == 0, err
+    models = [r["model"] for r in json.loads((out / "bench.json").read_text())["results"]]
+    assert models == ["student_fp32", "baseline/student_fp32"]
+    budget = tmp_path / "regression.yaml"
+    budget.write_text("budgets:\n  - {name: no regression, kind: regression, model: student_fp32, "
+                      "backend: onnxruntime-cpu, batch: 1, metric: p50_ms, max_slowdown: 0.10}\n")
+    code, out_text, err = cli(capsys, "gate", out / "bench.json", "--budget", budget)
+    assert code in (0, 1, 3) and "same run, interleaved" in out_text, err
+    code, _, err = cli(capsys, "bench", tiny_run / "bundle", "--baseline", tmp_path / "nowhere", "--out", tmp_path / "x")
+    assert code == 2 and "nowhere" in err and len(err.strip().splitlines()) == 1
+
+
 def test_training_commands_without_torch_name_the_extra():
     probe = "import sys; sys.modules['torch'] = None; from edgekd.cli import main; main(['models'])"
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)

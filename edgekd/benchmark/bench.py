@@ -98,43 +98,59 @@ def _flops(run, bundle, key: str, meta: dict) -> float | None:
     return None
 
 
-def _open_all(run, bundle, backends, models, threads):
+BASELINE = "baseline/"  # key prefix of the models of `--baseline BUNDLE`, measured in the same run
+
+
+def _open_all(run, bundle, backends, models, threads, baseline=None):
     """Yield (key, backend, runner or the reason there is none, meta) for every model of every backend."""
     for backend in backends:
         if backend in runners.ORT_PROVIDERS or backend == "tensorrt":
             if bundle is None:
                 continue
             engine = backend == "tensorrt"
-            for key, meta in bundle.models.items():
-                if (meta.get("backend") == "tensorrt") != engine:
-                    continue
-                if models and key not in models and meta.get("source") not in models:
-                    continue
-                before = sysinfo.rss_mb()
-                try:
-                    runner = (runners.open_engine(bundle, key, threads) if engine
-                              else runners.open_onnx(bundle.model_path(key), backend, threads))
-                except EdgekdError as e:
-                    runner = f"backend unavailable: {e}"
-                yield key, backend, runner, {**{k: v for k, v in meta.items() if k not in ("accuracy", "extra_files")},
-                                             "load_rss_mb": _delta(before, sysinfo.rss_mb())}
+            sources = [(bundle, "")] + ([(baseline, BASELINE)] if baseline is not None else [])
+            for src, prefix in sources:
+                yield from _open_bundle(src, prefix, backend, engine, models, threads)
         else:  # PyTorch eager, run directory only
-            for key in [k for k in (models or runners.TORCH_KEYS) if k in runners.TORCH_KEYS]:
-                before = sysinfo.rss_mb()
-                try:
-                    model, note, specs = runners.torch_model(run, key)
-                    runner = runners.TorchRunner(model, runners.device_of(backend), threads, specs)
-                except EdgekdError as e:
-                    if not models:  # a stage this run did not have (no KD baseline, no qat): nothing to say
-                        continue
-                    runner, note = f"not available: {e}", None
-                yield key, backend, runner, {"role": key.split("_")[0], "note": note,
-                                             "load_rss_mb": _delta(before, sysinfo.rss_mb())}
+            yield from _open_torch(run, backend, models, threads)
+
+
+def _open_bundle(bundle, prefix, backend, engine, models, threads):
+    for key, meta in bundle.models.items():
+        if (meta.get("backend") == "tensorrt") != engine:
+            continue
+        if models and key not in models and meta.get("source") not in models:
+            continue
+        before = sysinfo.rss_mb()
+        try:
+            runner = (runners.open_engine(bundle, key, threads) if engine
+                      else runners.open_onnx(bundle.model_path(key), backend, threads))
+        except EdgekdError as e:
+            runner = f"backend unavailable: {e}"
+        yield prefix + key, backend, runner, {**{k: v for k, v in meta.items() if k not in ("accuracy", "extra_files")},
+                                              "load_rss_mb": _delta(before, sysinfo.rss_mb())}
+
+
+def _open_torch(run, backend, models, threads):
+    for key in [k for k in (models or runners.TORCH_KEYS) if k in runners.TORCH_KEYS]:
+        before = sysinfo.rss_mb()
+        try:
+            model, note, specs = runners.torch_model(run, key)
+            runner = runners.TorchRunner(model, runners.device_of(backend), threads, specs)
+        except EdgekdError as e:
+            if not models:  # a stage this run did not have (no KD baseline, no qat): nothing to say
+                continue
+            runner, note = f"not available: {e}", None
+        yield key, backend, runner, {"role": key.split("_")[0], "note": note,
+                                     "load_rss_mb": _delta(before, sysinfo.rss_mb())}
 
 
 def run_bench(source, *, batches=None, threads: int = 1, backends=None, models=None, out=None, data_root=None,
-              record: bool = True, progress=None, **measure_opts) -> tuple[dict, Path]:
+              record: bool = True, progress=None, baseline=None, **measure_opts) -> tuple[dict, Path]:
     """Benchmark a run directory or bundle; returns (bench dict, path of bench.json).
+
+    `baseline` (a bundle, e.g. main's) adds its models as "baseline/<key>", measured interleaved
+    with the candidate's in the same run, so a regression gate compares them under the same drift.
 
     Writes bench.json, bench.md, latency_accuracy.png and latency_distribution.png into `out`
     (default: RUN_DIR/bench/<timestamp>/, or <bundle parent>/bench/<timestamp>/), and records the
@@ -161,8 +177,13 @@ def run_bench(source, *, batches=None, threads: int = 1, backends=None, models=N
                               device=runners.device_of(backend), threads=threads)
                for backend in names if backend in unavailable for b in batches]
     targets, closers, used = {b: [] for b in batches}, [], {}
+    base = None
+    if baseline is not None:
+        base = open_source(baseline)[1]
+        if base is None:
+            raise UsageError(f"--baseline {baseline}: it has no bundle; give runs/NAME/bundle or a run directory after export")
     for key, backend, runner, meta in _open_all(run, bundle, [b for b in names if b not in unavailable],
-                                                 models, threads):
+                                                 models, threads, base):
         if isinstance(runner, str):
             results += [skipped_result(key, backend, b, runner, device=runners.device_of(backend), threads=threads,
                                        meta=meta) for b in batches]
@@ -170,7 +191,8 @@ def run_bench(source, *, batches=None, threads: int = 1, backends=None, models=N
         say(f"loaded {key} on {backend}")
         closers.append(runner.close)
         if "file" in meta and bundle is not None:
-            used[key] = bundle.model_path(key)
+            from_base = base is not None and key.startswith(BASELINE)
+            used[key] = base.model_path(key[len(BASELINE):]) if from_base else bundle.model_path(key)
         for b, target in _targets(key, backend, runner, meta, batches, threads, inputs, labels,
                                   _flops(run, bundle, key, meta), bundle):
             (targets[b] if isinstance(target, Target) else results).append(target)

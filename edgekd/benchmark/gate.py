@@ -174,14 +174,20 @@ def _check(b: _Budget, bench: dict, baseline: dict | None, conf: float) -> tuple
         value, lo, hi = ratio_ci(_latencies(other, "bench"), _latencies(rec, "bench"), p, conf)
         return decide(lo, hi, min=b.min), (f"{head}: speedup {b.metric}({b.baseline_model}) / {b.metric}({b.model}) = "
                                            f"{_g(value)}x [{_g(lo)}, {_g(hi)}] ({ci}); budget >= {b.min:g}x")
-    if baseline is None:
-        raise UsageError(f"budget '{b.name}' compares against a baseline bench: pass --baseline OLD_BENCH.json")
-    old = _find(baseline, b.model, b.backend, b.batch)
+    same_run = _find(bench, "baseline/" + b.model, b.backend, b.batch)  # `edgekd bench --baseline BUNDLE`
+    if same_run is not None:
+        baseline, model_key = bench, "baseline/" + b.model
+    elif baseline is None:
+        raise UsageError(f"budget '{b.name}' compares against a baseline: bench with --baseline OLD_BUNDLE "
+                         "(interleaved, preferred) or pass --baseline OLD_BENCH.json to the gate")
+    else:
+        model_key = b.model
+    old = _find(baseline, model_key, b.backend, b.batch)
     if old is None:
         return ("SKIP" if b.optional else "FAIL"), f"{head}: not measured in the baseline bench"
     value, lo, hi = ratio_ci(_latencies(rec, "bench"), _latencies(old, "baseline"), p, conf)
     return decide(lo, hi, max=1 + b.max_slowdown), (
-        f"{head}: {b.metric} now / baseline = {_g(value)}x [{_g(lo)}, {_g(hi)}] ({ci}); "
+        f"{head}: {b.metric} now / baseline{' (same run, interleaved)' if same_run is not None else ''} = {_g(value)}x [{_g(lo)}, {_g(hi)}] ({ci}); "
         f"budget <= {1 + b.max_slowdown:g}x (at most {100 * b.max_slowdown:g}% slower)")
 
 
