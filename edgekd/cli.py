@@ -152,9 +152,12 @@ def bench(source: Annotated[Path, typer.Argument(metavar="RUN_DIR_OR_BUNDLE", he
         from edgekd.rundir import RunDir
 
         cfg = RunDir.open(source).recipe.bench
-    opts = {k: v for k, v in {"min_seconds": min_seconds if min_seconds is not None else (cfg.min_seconds if cfg else None),
-                              "max_seconds": max_seconds if max_seconds is not None else (cfg.max_seconds if cfg else None)}.items()
-            if v is not None}
+    opts = {}  # the option, else the run's recipe, else the harness default
+    for name, value in (("min_seconds", min_seconds), ("max_seconds", max_seconds)):
+        if value is None and cfg is not None:
+            value = getattr(cfg, name)
+        if value is not None:
+            opts[name] = value
     result, path = run_bench(source, batches=_csv(batch, int, "--batch") or (cfg.batches if cfg else None),
                              threads=threads or (cfg.threads if cfg else 1),
                              backends=_csv(backends) or (cfg.backends if cfg else None), models=_csv(models),

@@ -363,16 +363,20 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def read_yaml(path: Path, what: str = "recipe") -> Any:
+    """`yaml.safe_load` of a file; a syntax error is a one-line RecipeError naming `what` and the file."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RecipeError(f"{what} {path} is not valid YAML ({first}); fix the syntax") from e
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe {path} not found: pass a YAML file such as recipes/avdigits.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RecipeError(f"recipe {path} is not valid YAML ({first}); fix the syntax") from e
-    return recipe_from_dict(raw, overrides, source=str(path))
+    return recipe_from_dict(read_yaml(path), overrides, source=str(path))
 
 
 def recipe_from_dict(raw: Any, overrides: list[str] | None = None, source: str = "recipe") -> Recipe:

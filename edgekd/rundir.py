@@ -6,7 +6,6 @@ points at a half-written file. Re-running a stage marks every downstream stage s
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 from edgekd import __version__
 from edgekd.errors import RecipeError, RunDirError
 from edgekd.recipe import STAGES, Recipe, dump_recipe, first_changed_stage, load_recipe
+from edgekd.runtime.bundle import sha256_file
 
 MANIFEST = "manifest.json"
 RECIPE = "recipe.yaml"
@@ -62,14 +62,6 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 def atomic_write_json(path: Path, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def versions() -> dict[str, str | None]:

@@ -198,6 +198,8 @@ def _write(path: Path, text: str) -> None:
 
 
 def sha256_file(path: Path) -> str:
+    """Streaming sha256 of a file (the run directory uses this one too; it lives here because the
+    device runtime may import nothing outside edgekd.runtime)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -115,7 +115,6 @@ def run_export(run: RunDir, data_root=None, resume: bool = False, progress=None)
                             "bytes": path.stat().st_size}
         parity_json = atomic_write_json(out / "parity.json", parity)
 
-        specs = {k: v for k, v in config["modalities"].items()}
         flops = {"student": run.stage("distill")["metrics"].get("flops"),
                  "teacher": run.stage("teacher")["metrics"].get("flops")}
         bundle_models = {k: {**KINDS[k], "accuracy": metrics[k]["accuracy"], "flops": flops[KINDS[k]["role"]]}
@@ -128,7 +127,7 @@ def run_export(run: RunDir, data_root=None, resume: bool = False, progress=None)
                     np.savez_compressed(f, labels=test.labels.astype(np.int64), **arrays)
             extra["testset.npz"] = out / "testset.npz"
         bundle = write_bundle(run.path / "bundle", name=r.name, models=bundle_models, model_files=files,
-                              io_spec=_io_spec(specs, len(data.classes), fp32.embed_dim),
+                              io_spec=_io_spec(config["modalities"], len(data.classes), fp32.embed_dim),
                               preprocess=_bundle_preprocess(data, list(dict.fromkeys([*names, *(teacher.names if teacher else [])]))),
                               labels=list(data.classes), extra_files=extra)
         outputs = {**files, "parity": parity_json, "lint": lint_json, "lint_md": lint_md,

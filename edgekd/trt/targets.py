@@ -10,11 +10,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from edgekd.errors import RecipeError
-from edgekd.recipe import Strict, suggest
+from edgekd.recipe import Strict, read_yaml, suggest
 
 ENV = "EDGEKD_TARGETS"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # becomes part of bundle model keys and file names
@@ -137,12 +136,7 @@ def load_target(name_or_path: str | Path) -> Target:
         path = known[text]
     if not path.is_file():
         raise RecipeError(f"target file {path} not found: give a name from export/targets/ or a YAML path")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RecipeError(f"target {path} is not valid YAML ({first}); fix the syntax") from e
-    target = target_from_dict(raw, source=str(path))
+    target = target_from_dict(read_yaml(path, "target"), source=str(path))
     if target.name != path.stem:
         raise RecipeError(f"{path}: target.name '{target.name}' differs from the file name '{path.stem}'; "
                           "make them equal (the name is how builds and engines refer to it)")
