@@ -51,6 +51,23 @@ def test_students_every_fusion(fusion):
     assert not torch.allclose(s(_batch(), keep=keep).logits, out.logits)
 
 
+
+def test_late_fusion_without_a_mask_equals_an_all_ones_mask():
+    # keep=None takes the export path (plain sums, no stack/gather nodes); it must give the same values
+    s = create_model("fusion_tiny", "student", modalities=MODS, num_classes=4, fusion="late").eval()
+    plain, ones = s(_batch()), s(_batch(), keep=torch.ones(3, 4))
+    assert torch.allclose(plain.logits, ones.logits, atol=1e-6) and torch.allclose(plain.features, ones.features)
+
+
+def test_lean_student_does_less_work_with_stride_2_stems():
+    mods = {k: MODS[k] for k in ("image", "audio")}
+    lean = create_model("fusion_lean", "student", modalities=mods, num_classes=10, width=12)
+    small = create_model("fusion_small", "student", modalities=mods, num_classes=10, width=12)
+    assert lean.encoders["image"].body[0][0].stride == (2, 2) and lean.encoders["audio"].body[0][0].stride == (2,)
+    ex = {k: v[:1] for k, v in _batch(mods=mods).items()}
+    assert count_flops(lean, ex) < count_flops(small, ex) / 2
+    assert lean(ex).logits.shape == (1, 10)
+
 def test_student_is_far_smaller_than_teacher_and_flops_counted():
     mods = {k: MODS[k] for k in ("image", "audio")}
     t = create_model("mm_transformer", "teacher", modalities=mods, num_classes=10, hidden=128, layers=3, heads=4)
@@ -68,7 +85,7 @@ def test_width_and_depth_knobs_change_size():
 
 def test_registry_lists_and_suggests():
     names = {e.name for e in list_models()}
-    assert {"mm_transformer", "fusion_tiny", "fusion_small", "fusion_base"} <= names
+    assert {"mm_transformer", "fusion_tiny", "fusion_small", "fusion_base", "fusion_lean"} <= names
     with pytest.raises(RecipeError, match="did you mean 'fusion_small'"):
         get_entry("fusion_smal", "student", "recipe.student.name")
 

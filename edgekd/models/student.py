@@ -20,9 +20,9 @@ def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> n
 class ConvEncoder(nn.Module):
     """Depthwise-separable CNN: stem, then `depth` (depthwise 3x3 + pointwise 1x1) blocks."""
 
-    def __init__(self, in_ch: int, width: int, depth: int, dim: int):
+    def __init__(self, in_ch: int, width: int, depth: int, dim: int, stem_stride: int = 1):
         super().__init__()
-        layers, c = [_conv_bn(in_ch, width, 3)], width
+        layers, c = [_conv_bn(in_ch, width, 3, stem_stride)], width
         for i in range(depth):
             cout = min(c * 2, width * 4)
             layers += [_conv_bn(c, c, 3, stride=2 if i < 3 else 1, groups=c), _conv_bn(c, cout, 1)]
@@ -31,7 +31,8 @@ class ConvEncoder(nn.Module):
         self.out = nn.Linear(c, dim)
 
     def forward(self, x):  # (B, C, H, W)
-        return self.out(self.body(x).mean(dim=(2, 3)))  # (B, dim)
+        # global pooling (not .mean: ReduceMean) so onnxruntime runs it as an INT8 kernel in NHWC
+        return self.out(nn.functional.adaptive_avg_pool2d(self.body(x), 1).flatten(1))  # (B, dim)
 
 
 def _conv1d_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -43,10 +44,10 @@ class AudioEncoder(nn.Module):
     """Temporal CNN over log-mel frames with mel bands as channels (TC-ResNet style): pooling a 2-D
     CNN over frequency threw away the band layout and generalised far worse to unseen speakers."""
 
-    def __init__(self, n_mels: int, width: int, depth: int, dim: int):
+    def __init__(self, n_mels: int, width: int, depth: int, dim: int, stem_stride: int = 1):
         super().__init__()
         c = 2 * width
-        layers = [_conv1d_bn(n_mels, c, 3)]
+        layers = [_conv1d_bn(n_mels, c, 3, stem_stride)]
         for _ in range(depth):
             cout = min(c * 2, width * 8)
             layers += [_conv1d_bn(c, c, 3, stride=2, groups=c), _conv1d_bn(c, cout, 1)]
@@ -55,7 +56,7 @@ class AudioEncoder(nn.Module):
         self.out = nn.Linear(c, dim)
 
     def forward(self, x):  # (B, T, n_mels)
-        return self.out(self.body(x.transpose(1, 2)).mean(dim=2))  # (B, dim)
+        return self.out(nn.functional.adaptive_avg_pool1d(self.body(x.transpose(1, 2)), 1).flatten(1))  # (B, dim)
 
 
 class TextEncoder(nn.Module):
@@ -138,12 +139,15 @@ class LateFusion(nn.Module):
         super().__init__()
         self.heads = nn.ModuleList(nn.Linear(dim, classes) for _ in range(m))
 
-    def forward(self, embs, keep):
-        logits = torch.stack([h(embs[:, i]) for i, h in enumerate(self.heads)], dim=1)  # (B, M, C)
-        if keep is not None:
-            logits = logits * keep[..., None]
-            embs = embs * keep[..., None]
-        return embs.mean(1), logits.sum(1)
+    def forward(self, embs: list[torch.Tensor], keep):  # embs: M tensors (B, D)
+        if keep is None:  # inference: plain sums, no stack/gather nodes in the exported graph (same values)
+            logits, fused = self.heads[0](embs[0]), embs[0]
+            for h, e in zip(self.heads[1:], embs[1:]):
+                logits, fused = logits + h(e), fused + e
+            return fused / len(embs), logits
+        logits = torch.stack([h(e) for h, e in zip(self.heads, embs)], dim=1)  # (B, M, C)
+        embs = torch.stack(embs, dim=1) * keep[..., None]
+        return embs.mean(1), (logits * keep[..., None]).sum(1)
 
 
 FUSIONS = {"concat": ConcatFusion, "gated": GatedFusion, "attention": AttentionFusion, "late": LateFusion}
@@ -151,15 +155,15 @@ FUSIONS = {"concat": ConcatFusion, "gated": GatedFusion, "attention": AttentionF
 
 class FusedStudent(nn.Module):
     def __init__(self, modalities: dict[str, ModalitySpec], num_classes: int, width: int, depth: int,
-                 dim: int, fusion: str = "gated"):
+                 dim: int, fusion: str = "gated", stem_stride: int = 1):
         super().__init__()
         self.names = list(modalities)
         enc = {}
         for name, s in modalities.items():
             if s.kind == "image":
-                enc[name] = ConvEncoder(s.shape[0], width, depth, dim)
+                enc[name] = ConvEncoder(s.shape[0], width, depth, dim, stem_stride)
             elif s.kind == "audio":
-                enc[name] = AudioEncoder(s.shape[1], width, depth, dim)
+                enc[name] = AudioEncoder(s.shape[1], width, depth, dim, stem_stride)
             elif s.kind == "text":
                 enc[name] = TextEncoder(max(s.vocab_size, 8), dim)
             else:
@@ -172,23 +176,29 @@ class FusedStudent(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor], keep: torch.Tensor | None = None) -> ModelOutput:
         per = {n: self.encoders[n](inputs[n]) for n in self.names}  # each (B, D)
-        embs = torch.stack([per[n] for n in self.names], dim=1)  # (B, M, D)
         if self.late:
-            fused, logits = self.fuse(embs, keep)
+            fused, logits = self.fuse(list(per.values()), keep)
             return ModelOutput(logits, fused, per)
+        embs = torch.stack([per[n] for n in self.names], dim=1)  # (B, M, D)
         fused = self.fuse(embs, keep)  # (B, D)
         return ModelOutput(self.head(fused), fused, per)
 
 
-def _preset(default_width: int, default_depth: int, dim: int):
+def _preset(default_width: int, default_depth: int, dim: int, stem_stride: int):
     def factory(modalities, num_classes, fusion="gated", width=None, depth=None):
-        return FusedStudent(modalities, num_classes, width or default_width, depth or default_depth, dim, fusion)
+        return FusedStudent(modalities, num_classes, width or default_width, depth or default_depth, dim, fusion,
+                            stem_stride)
 
     return factory
 
 
-PRESETS = {"fusion_tiny": (8, 2, 32), "fusion_small": (16, 3, 64), "fusion_base": (32, 3, 128)}
-for _name, (_w, _d, _dim) in PRESETS.items():
+# (width, depth, embedding, stem stride). fusion_lean is for batch-1 latency on a CPU, where every
+# kernel launch counts: stride-2 stems (a quarter of the image stem's work at full resolution),
+# one block fewer, channel counts that are multiples of 8 (onnxruntime's blocked NCHWc kernels).
+PRESETS = {"fusion_tiny": (8, 2, 32, 1), "fusion_small": (16, 3, 64, 1), "fusion_base": (32, 3, 128, 1),
+           "fusion_lean": (16, 2, 64, 2)}
+for _name, (_w, _d, _dim, _s) in PRESETS.items():
     register_model(_name, "student",
                    f"depthwise-separable CNN / embedding-mean / MLP encoders (width {_w}, depth {_d}, "
-                   f"embedding {_dim}); fusion concat|gated|attention|late")(_preset(_w, _d, _dim))
+                   f"embedding {_dim}{', stride-2 stems' if _s > 1 else ''}); fusion concat|gated|attention|late")(
+        _preset(_w, _d, _dim, _s))
