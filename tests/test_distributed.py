@@ -10,12 +10,13 @@ import socket
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from conftest import ToyData
 from edgekd.distill.evaluate import evaluate
 from edgekd.distill.trainer import Job, rank_order, train
 from edgekd.errors import TrainingError
-from edgekd.models import create_model
+from edgekd.models import ModelOutput, create_model
 from edgekd.recipe import Optim
 
 NAMES = ["image", "audio"]
@@ -28,10 +29,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _fit(out_dir, tag: str) -> dict:
+class NoBatchNorm(nn.Module):
+    """Without BatchNorm, N ranks of DDP compute exactly the single-process steps: the same global
+    batches and masks, and the average of equal-sized per-rank mean gradients is the global mean."""
+
+    names = NAMES
+    embed_dim = 8
+
+    def __init__(self):
+        super().__init__()
+        self.image, self.audio, self.head = nn.Linear(64, 8), nn.Linear(24, 8), nn.Linear(8, 3)
+
+    def forward(self, x, keep=None):
+        e = torch.stack([self.image(x["image"].flatten(1)), self.audio(x["audio"].flatten(1))], dim=1)
+        if keep is not None:
+            e = e * keep[..., None]
+        f = torch.relu(e.sum(1))
+        return ModelOutput(self.head(f), f, {})
+
+
+def _fit(out_dir, tag: str, kind: str = "student") -> dict:
     data = ToyData(n=96, seed=3)
     torch.manual_seed(0)
-    model = create_model("fusion_tiny", "student", modalities=data.modalities, num_classes=3, fusion="gated")
+    if kind == "student":
+        model = create_model("fusion_tiny", "student", modalities=data.modalities, num_classes=3, fusion="gated")
+    else:
+        model = NoBatchNorm()
     hist = train(Job(model, NAMES, Optim(**OPTIM), 0, out_dir / f"{tag}.pt", tag), data)
     acc = evaluate(model, data.split("test"), NAMES, data.classes)["accuracy"]
     flat = torch.cat([p.detach().flatten() for p in model.state_dict().values() if p.is_floating_point()])
@@ -46,8 +69,9 @@ def _worker(rank: int, world: int, port: int, out_dir) -> None:
 
     distributed.setup()
     try:
-        result = _fit(out_dir, "ddp")
-        (out_dir / f"rank{rank}.json").write_text(json.dumps(result))
+        for kind in ("student", "nobn"):
+            result = _fit(out_dir, f"ddp-{kind}", kind)
+            (out_dir / f"{kind}-rank{rank}.json").write_text(json.dumps(result))
     finally:
         distributed.teardown()
 
@@ -57,7 +81,7 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     single = _fit(out, "single")
     torch.multiprocessing.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
-    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = [json.loads((out / f"student-rank{r}.json").read_text()) for r in range(2)]
     return out, single, ranks
 
 
@@ -77,8 +101,16 @@ def test_ranks_end_with_identical_weights(runs):
     assert ranks[0]["loss"] == ranks[1]["loss"]  # per-epoch metrics are reduced over the ranks
 
 
-def test_two_processes_follow_one_process_closely(runs):
-    """Same global batches, same masks: the weights stay near the single-process ones."""
+def test_without_batchnorm_two_processes_take_exactly_the_single_process_steps(runs):
+    out, _, _ = runs
+    single = _fit(out, "single-nobn", "nobn")
+    ddp = json.loads((out / "nobn-rank0.json").read_text())
+    np.testing.assert_allclose(np.array(ddp["params"]), np.array(single["params"]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ddp["loss"], single["loss"], rtol=1e-4)
+
+
+def test_with_batchnorm_two_processes_stay_near_one_process(runs):
+    """BatchNorm normalises over each rank's half batch, so the weights drift apart a little."""
     _, single, ranks = runs
     a, b = np.array(single["params"]), np.array(ranks[0]["params"])
     assert np.linalg.norm(a - b) / np.linalg.norm(a) < 0.25
@@ -86,8 +118,8 @@ def test_two_processes_follow_one_process_closely(runs):
 
 def test_only_rank_zero_wrote_the_checkpoint(runs):
     out, _, _ = runs
-    assert (out / "ddp.pt").is_file()
-    assert not list(out.glob(".ddp.pt.*"))  # the other rank's temp file was dropped, not left behind
+    assert (out / "ddp-student.pt").is_file()
+    assert not list(out.glob(".ddp-student.pt.*"))  # the other rank's temp file was dropped, not left behind
 
 
 def test_the_sampler_shards_the_epoch_order_without_overlap():
