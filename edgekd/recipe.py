@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -22,7 +23,8 @@ STAGE_SECTIONS = {"teacher": ("seed", "data", "teacher"), "distill": ("student",
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `.inf` / `.nan` in YAML are floats, and a NaN slips through every gt/ge bound
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- data
@@ -260,7 +262,7 @@ class BenchConfig(Strict):
 
 class Recipe(Strict):
     name: str = Field(description="Run name; the run directory defaults to runs/<name>.")
-    seed: int = Field(0, description="Seed for splits, pairings, init and batch order.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for splits, pairings, init and batch order.")
     threads: int = Field(1, ge=1, description="PyTorch intra-op threads (1 is fastest on busy 2-core hosts).")
     data: DataConfig
     teacher: TeacherConfig = TeacherConfig()
@@ -316,6 +318,10 @@ def _model_at(path: tuple, model=Recipe):
     return cls
 
 
+_short = reprlib.Repr()
+_short.maxstring, _short.maxother, _short.maxlist, _short.maxdict, _short.maxlevel = 60, 60, 4, 4, 2
+
+
 def _format(err: ValidationError, raw: dict) -> str:
     e = err.errors()[0]
     loc = tuple(x for x in e["loc"] if not (isinstance(x, str) and x in ("avdigits", "folder")))
@@ -328,16 +334,21 @@ def _format(err: ValidationError, raw: dict) -> str:
         options = parent.model_fields if parent is not None else []
         return f"{where}: unknown key '{loc[-1]}'{suggest(loc[-1], options)}"
     if e["type"] == "union_tag_invalid":
-        return f"{where}: unknown dataset '{e['input'] if 'input' in e else ''}'" + suggest(
-            (raw.get("data") or {}).get("name"), ["avdigits", "folder"]
-        )
+        tag = (raw.get("data") or {}).get("name") if isinstance(raw.get("data"), dict) else None
+        return (f"{where}: unknown dataset {_short.repr(tag)}: set data.name to avdigits or folder"
+                + suggest(tag, ["avdigits", "folder"]))
+    if e["type"] == "union_tag_not_found":
+        return f"{where}.name: missing; set data.name to avdigits or folder"
+    if e["type"] == "missing":
+        return f"{where}: missing; add this field to the recipe (README: Recipes)"
     if e["type"] == "literal_error":
         allowed = e.get("ctx", {}).get("expected", "")
-        return f"{where}: {e['input']!r} is not allowed (expected {allowed}){suggest(e['input'], allowed.replace(' or ', ',').replace(chr(39), '').split(','))}"
+        options = [o.strip().strip("'") for o in allowed.replace(" or ", ",").split(",")]
+        return f"{where}: {_short.repr(e['input'])} is not allowed (expected {allowed}){suggest(e['input'], options)}"
     if e["type"] == "value_error":  # our own validators: the message already names the fields
         msg = e["msg"].removeprefix("Value error, ")
         return f"{where}: {msg}" if loc else f"recipe.{msg}"
-    return f"{where}: {e['msg']} (got {e.get('input')!r})"
+    return f"{where}: {e['msg']} (got {_short.repr(e.get('input'))})"
 
 
 def parse_value(text: str) -> Any:
@@ -357,7 +368,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         parts = key.strip().split(".")
         for p in parts[:-1]:
             if not isinstance(node.get(p, {}), dict):
-                raise RecipeError(f"--set {key}: '{p}' is not a section")
+                raise RecipeError(f"--set {key}: '{p}' is not a section; set it whole, e.g. --set {p}=VALUE")
             node = node.setdefault(p, {})
         node[parts[-1]] = parse_value(value)
     return raw
@@ -366,8 +377,14 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def read_yaml(path: Path, what: str = "recipe") -> Any:
     """`yaml.safe_load` of a file; a syntax error is a one-line RecipeError naming `what` and the file."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1
+        raise RecipeError(f"{what} {path} is not UTF-8 text (byte {e.object[e.start]:#04x} on line {line}); "
+                          "save it as UTF-8") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RecipeError(f"{what} {path} is not valid YAML ({first}); fix the syntax") from e
 

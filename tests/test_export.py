@@ -15,6 +15,7 @@ from edgekd.models import create_model
 from edgekd.quant.fold import fold_batchnorm
 from edgekd.quant.int8 import calibration_batches, quantize
 from edgekd.recipe import QatConfig
+from edgekd.stages.export import _folded_fp32
 
 NAMES = ["image", "audio"]
 FUSIONS = ["concat", "gated", "attention", "late"]
@@ -84,9 +85,15 @@ def test_a_broken_model_fails_its_parity_rung_naming_output_diff_and_tolerance(t
                  _batches(toy))
 
 
-def test_cpu_int8_model_is_quantized_by_onnxruntime_and_agrees_with_fp32(toy, tmp_path):
-    model = _student(toy, "late")
-    fp32 = export_onnx(model, _example(toy), tmp_path / "s.onnx")
+def test_cpu_int8_model_is_built_from_the_quantized_student_and_agrees_with_it(toy, tmp_path):
+    quant = _quantized(toy, "late")
+    folded = _folded_fp32(quant)
+    assert not any(m.is_enabled for m in folded.modules() if type(m).__name__ == "TensorQuantizer")
+    # the fake-quantized weights are folded in: each conv channel lies on its INT8 grid
+    conv, wq = folded.encoders["image"].body[0][0], quant.encoders["image"].body[0][0].weight_quantizer
+    steps = conv.weight.detach() / (wq.amax.reshape(-1, 1, 1, 1) / 127)
+    assert torch.allclose(steps, steps.round(), atol=1e-3)
+    fp32 = export_onnx(folded, _example(toy), tmp_path / "s.onnx")
     train = toy.split("train").inputs
     calib = [{k: v[i : i + 16] for k, v in train.items()} for i in range(0, 48, 16)]
     out = quantize_for_cpu(fp32, tmp_path / "cpu.onnx", calib)
@@ -94,7 +101,9 @@ def test_cpu_int8_model_is_quantized_by_onnxruntime_and_agrees_with_fp32(toy, tm
     q_inputs = {n.input[0] for n in g.node if n.op_type == "QuantizeLinear"}
     zero_points = [numpy_helper.to_array(t) for t in g.initializer if t.name.endswith("zero_point")]
     assert q_inputs and any(z.dtype == np.uint8 for z in zero_points)  # u8 activations: the x86 fast path
-    result = run_rung(Rung("student_int8_cpu", "pytorch fp32", float("inf"), 0.8), model, ort_session(out),
+    weights = [numpy_helper.to_array(t) for t in g.initializer if t.name.endswith("_quantized")]
+    assert weights and all(np.abs(w.astype(int)).max() <= 64 for w in weights if w.dtype == np.int8)  # 7-bit
+    result = run_rung(Rung("student_int8_cpu", "pytorch fake-quant", float("inf"), 0.8), quant, ort_session(out),
                       _batches(toy, (1, 24)))
     assert result["top1_agreement"] >= 0.8
 

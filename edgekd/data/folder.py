@@ -123,6 +123,10 @@ def load_folder(cfg: FolderData, data_root: Path, seed: int) -> FolderDataset:
 
 def _metadata_file(folder: Path, name: str | None) -> Path:
     names = [name] if name else ["metadata.jsonl", "metadata.csv"]
+    if name and (PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or ".." in PurePosixPath(name).parts
+                 or not (folder / name).resolve().is_relative_to(folder.resolve())):
+        raise DataError(f"data.metadata '{name}' points outside the dataset folder {folder}: give a file name "
+                        "inside the dataset folder (e.g. metadata.jsonl)")
     for n in names:
         if (folder / n).is_file():
             if Path(n).suffix.lower() not in (".jsonl", ".json", ".ndjson", ".csv"):

@@ -4,6 +4,14 @@ TensorRT-style QDQ (Q/DQ on Conv/Gemm inputs only) is not fused by onnxruntime's
 runs slower than FP32 there, so the CPU target gets its own model: onnxruntime's static
 quantization in QDQ format (Q/DQ around inputs *and* outputs, which the CPU provider turns into
 QLinearConv/QGemm), calibrated on real train batches, weights per channel.
+
+Its input is the QAT/QAD student with the fake-quantized weights folded in (the export stage
+builds it), so the weights are already on the per-channel symmetric grid they were trained for.
+
+Weights use 7 bits (`reduce_range`): on x86 CPUs without VNNI (AVX2 only), onnxruntime's u8 x s8
+kernels add pairs of products in int16 (VPMADDUBSW) and saturate. Measured on this AVX2 machine,
+on the avdigits student: 94.2% with 8-bit weights against 96.7% when the same model's Q/DQ are
+computed in float (optimisations off), and 96.6-96.9% with 7-bit weights.
 """
 from __future__ import annotations
 
@@ -46,9 +54,9 @@ def quantize_for_cpu(fp32: Path, out: Path, batches: list[dict[str, np.ndarray]]
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         try:
-            # u8 activations / s8 weights is the x86 fast path (VNNI); symmetric per-channel weights
+            # u8 activations / s8 weights is the x86 fast path; symmetric per-channel 7-bit weights (above)
             quantize_static(str(pre), str(dest), _Reader(batches), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=methods[method],
                             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
         except Exception as e:

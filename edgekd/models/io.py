@@ -63,7 +63,11 @@ def load_model(weights: Path, config_path: Path):
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights} is not a readable safetensors file ({e}); re-create it") from e
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # strict=False still refuses tensors of another shape
+        first = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e).splitlines()[0])
+        raise CheckpointError(f"{weights} does not match {config_path} ({first[:200]}); re-create the model") from e
     if missing or unexpected:
         raise CheckpointError(f"{weights} does not match {config_path} (missing {list(missing)[:3]}, "
                               f"unexpected {list(unexpected)[:3]}); re-create the model")

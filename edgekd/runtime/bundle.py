@@ -276,6 +276,12 @@ def load_bundle(path) -> Bundle:
     labels = meta["labels.json"]
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise BundleError(f"bundle file labels.json must be a list of strings; {FIX}")
+    for name in ("io_spec.json", "preprocess.json"):
+        if not isinstance(meta[name], dict):
+            raise BundleError(f"bundle file {name} must be a JSON object, not a {type(meta[name]).__name__}; {FIX}")
+    if not isinstance(meta["io_spec.json"].get("inputs", []), list) or not all(
+            isinstance(i, dict) and isinstance(i.get("name"), str) for i in meta["io_spec.json"].get("inputs", [])):
+        raise BundleError(f"bundle file io_spec.json: 'inputs' must be a list of objects with a name; {FIX}")
     return Bundle(root, manifest, meta["io_spec.json"], meta["preprocess.json"], labels)
 
 

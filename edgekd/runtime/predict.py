@@ -5,6 +5,7 @@ preprocess.json (the same functions and numbers training used), then through the
 """
 from __future__ import annotations
 
+import os
 import wave
 from pathlib import Path
 
@@ -90,6 +91,8 @@ def _prepare(bundle, name: str, kind: str, value) -> np.ndarray:
         raise BundleError(f"bundle preprocess.json has no parameters for input '{name}'; {FIX}")
     path = None
     if kind in ("image", "audio"):
+        if not isinstance(value, (str, os.PathLike)):
+            raise UsageError(f"--{name} needs a file path ({_describe(kind)}), got {type(value).__name__} {value!r:.60}")
         path = Path(value)
         if not path.is_file():
             raise UsageError(f"--{name} {path}: no such file")
@@ -104,7 +107,7 @@ def _prepare(bundle, name: str, kind: str, value) -> np.ndarray:
     except (OSError, EOFError, ValueError, TypeError, wave.Error) as e:  # PIL's UnidentifiedImageError is an OSError
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         if path is None:
-            raise UsageError(f"--{name}: {why}") from None
+            raise UsageError(f"--{name}: {why}; give {_describe(kind)}") from None
         what = "png or jpg image" if kind == "image" else "PCM wav file (8/16/32-bit)"
         raise UsageError(f"--{name} {path} is not a readable {what} ({why}): give a valid file") from None
 

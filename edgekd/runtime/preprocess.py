@@ -61,6 +61,8 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     """Mono float32 samples in [-1, 1] and the sample rate of a PCM wav file."""
     with wave.open(str(path), "rb") as w:
         width, channels, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
+        if not 1 <= rate <= 1_000_000:  # 0 would divide by zero when resampling; absurd rates blow up memory
+            raise ValueError(f"the wav header says sample rate {rate} Hz (expected 1 Hz to 1 MHz)")
         raw = w.readframes(w.getnframes())
     if width == 1:
         data = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
@@ -115,14 +117,19 @@ def _resize_bilinear(img: np.ndarray, size: int) -> np.ndarray:
 def image_from_file(path: str | Path, p: dict) -> np.ndarray:
     from PIL import Image  # Pillow is a light, torch-free dependency of the runtime
 
-    with Image.open(path) as im:
-        return image_array(np.asarray(im.convert("L")), p)
+    try:
+        with Image.open(path) as im:
+            return image_array(np.asarray(im.convert("L")), p)
+    except Image.DecompressionBombError as e:  # not an OSError: callers catch ValueError for unreadable images
+        raise ValueError(f"image too large to decode safely ({str(e).split(',')[0]})") from None
 
 
 def vector_array(values, p: dict) -> np.ndarray:
     v = np.asarray(values, dtype=np.float32)
     if v.shape != (len(p["mean"]),):
         raise ValueError(f"expected a vector of {len(p['mean'])} numbers, got shape {v.shape}")
+    if not np.isfinite(v).all():  # training refused NaN/inf too; a NaN input gives NaN logits, not an error
+        raise ValueError(f"expected finite numbers, got {v.tolist()}")
     return ((v - np.asarray(p["mean"], np.float32)) / np.asarray(p["std"], np.float32)).astype(np.float32)
 
 

@@ -75,7 +75,18 @@ def _build_json(bundle, key: str) -> dict:
     rel = bundle.models[key].get("build")
     if not rel:
         raise BundleError(f"engine {key} has no build.json in the bundle; rebuild it with `edgekd build`")
-    return json.loads((bundle.path / rel).read_text(encoding="utf-8"))
+    if rel not in bundle.manifest["files"]:  # only listed files were verified (and stay inside the bundle)
+        raise BundleError(f"engine {key} names build info {rel!r}, which the bundle manifest does not list; "
+                          "rebuild the engine with `edgekd build`")
+    try:
+        build = json.loads((bundle.path / rel).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise BundleError(f"engine {key}: {rel} is not valid JSON ({type(e).__name__}); rebuild the engine with "
+                          "`edgekd build`") from None
+    if not isinstance(build, dict):
+        raise BundleError(f"engine {key}: {rel} is not valid JSON build info (a {type(build).__name__}); rebuild "
+                          "the engine with `edgekd build`")
+    return build
 
 
 class TrtRunner:
