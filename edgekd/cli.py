@@ -392,8 +392,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         # Typer ships its own copy of click's exceptions, so match them by shape, not by class:
         # usage errors (exit 2) can show themselves, Exit carries a code, Abort is Ctrl-C at a prompt.
-        if hasattr(e, "show") and hasattr(e, "exit_code"):
-            e.show()
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):
+            command = getattr(getattr(e, "ctx", None), "command_path", "") or "edgekd"
+            typer.echo(f"edgekd: error: {e.format_message()} (see `{command} -h`)", err=True)
             sys.exit(e.exit_code)
         if type(e).__name__ == "Exit":
             sys.exit(getattr(e, "exit_code", 0))
