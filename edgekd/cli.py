@@ -34,11 +34,13 @@ def _progress(quiet: bool):
 
 
 def _stage(stage: str, target, run_dir, data_root, sets, resume, force, quiet):
-    from edgekd.pipeline import open_run, stage_functions, summary_line
+    from edgekd.pipeline import open_run, run_stage, summary_line
 
     run = open_run(target, run_dir, sets, force=force)
     with _progress(quiet) as bar:
-        metrics = stage_functions()[stage](run, data_root=data_root, resume=resume, progress=bar)
+        metrics = run_stage(run, stage, data_root=data_root, resume=resume, progress=bar)
+    if metrics is None:  # a torchrun rank other than 0 on a single-process stage
+        return
     typer.echo(summary_line(stage, metrics))
     typer.echo(f"run directory: {run.path}")
 
@@ -264,6 +266,30 @@ def eval_(run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
 
 
 @app.command()
+def doctor(path: Annotated[Path, typer.Argument(help="A run directory or a bundle directory.")],
+           clean: Annotated[bool, typer.Option("--clean", help="Remove temp files left by interrupted writes.")] = False,
+           as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False):
+    """Check that every file a run directory's (or bundle's) manifest points at is whole, and say what --resume would do. Exit 1 when something recorded is missing or changed."""
+    from edgekd.doctor import check, clean as remove_temp
+
+    report = check(path)
+    if clean and report.temp_files:
+        removed = remove_temp(report)
+        report = check(path)
+        report.notes.append(f"removed {removed} temp file(s)")
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        for kind, lines in (("error", report.errors), ("warning", report.warnings), ("info", report.notes)):
+            for line in lines:
+                typer.echo(f"{kind}: {line}")
+        verdict = "whole" if report.ok else "NOT whole"
+        typer.echo(f"{report.kind} {path}: {verdict} ({len(report.errors)} errors, {len(report.warnings)} warnings)")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
 def models():
     """List every registered teacher and student."""
     from edgekd.models import list_models
@@ -327,10 +353,21 @@ INTERRUPTED = ("edgekd: interrupted; nothing half-written was recorded (training
 TRAINING_MODULES = {"torch", "transformers", "modelopt", "safetensors", "matplotlib"}
 
 
+def _join_torchrun() -> None:
+    """Under torchrun: join the process group; ranks other than 0 print errors only."""
+    from edgekd import distributed
+
+    if distributed.world_size() > 1:
+        distributed.setup()
+        if not distributed.is_main():
+            sys.stdout = open(os.devnull, "w")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors print one line and exit non-zero (traceback: EDGEKD_DEBUG=1)."""
     debug = os.environ.get("EDGEKD_DEBUG") == "1"
     try:
+        _join_torchrun()
         rc = app(args=argv, prog_name="edgekd", standalone_mode=False)
     except EdgekdError as e:
         if debug:
@@ -355,8 +392,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:
         # Typer ships its own copy of click's exceptions, so match them by shape, not by class:
         # usage errors (exit 2) can show themselves, Exit carries a code, Abort is Ctrl-C at a prompt.
-        if hasattr(e, "show") and hasattr(e, "exit_code"):
-            e.show()
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):
+            command = getattr(getattr(e, "ctx", None), "command_path", "") or "edgekd"
+            typer.echo(f"edgekd: error: {e.format_message()} (see `{command} -h`)", err=True)
             sys.exit(e.exit_code)
         if type(e).__name__ == "Exit":
             sys.exit(getattr(e, "exit_code", 0))
@@ -366,6 +404,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         typer.echo(f"edgekd: internal error: {type(e).__name__}: {e} (set EDGEKD_DEBUG=1 for the traceback)", err=True)
         sys.exit(1)
+    from edgekd import distributed
+
+    distributed.teardown()
     # Typer turns Ctrl-C into a returned 130 when not in standalone mode
     if rc == 130:
         typer.echo(INTERRUPTED, err=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgekd import distributed as dist
 from edgekd.errors import UsageError
 from edgekd.recipe import STAGES, load_recipe
 from edgekd.rundir import MANIFEST, RunDir
@@ -23,7 +24,29 @@ def open_run(target: str | Path, run_dir: str | Path | None = None, overrides: l
         raise UsageError(f"{target} is a directory but not a run directory (no {MANIFEST}); "
                          "pass a recipe YAML or a directory made by `edgekd run`")
     recipe = load_recipe(target, overrides)
-    return RunDir.create(Path(run_dir) if run_dir else Path("runs") / recipe.name, recipe, force=force)
+    path = Path(run_dir) if run_dir else Path("runs") / recipe.name
+    if dist.active() and not dist.is_main():  # rank 0 creates the directory; the others open it
+        dist.barrier()
+        return RunDir.open(path)
+    run = RunDir.create(path, recipe, force=force)
+    dist.barrier()
+    return run
+
+
+# Stages that train run on every torchrun rank; the others (ONNX export, engine build, benchmark)
+# are single-process work that rank 0 does while the other ranks finish.
+DISTRIBUTED_STAGES = ("teacher", "distill", "qat")
+
+
+def run_stage(run: RunDir, stage: str, **kwargs) -> dict | None:
+    """Run one stage; under torchrun, None on the ranks that sit a single-process stage out."""
+    if stage not in DISTRIBUTED_STAGES and not dist.is_main():
+        return None
+    metrics = stage_functions()[stage](run, **kwargs)
+    if stage in DISTRIBUTED_STAGES and dist.active():
+        dist.barrier()  # rank 0 has recorded the stage: every rank reads the same manifest next
+        run.reload()
+    return metrics
 
 
 def stage_functions():
@@ -53,8 +76,9 @@ def run_pipeline(run: RunDir, until: str = STAGES[-1], data_root=None, resume: b
             echo(f"{stage}: up to date (use --force to re-run)")
             results[stage] = run.stage(stage)["metrics"]
             continue
-        results[stage] = stage_functions()[stage](run, data_root=data_root, resume=resume, progress=progress)
-        echo(summary_line(stage, results[stage]))
+        results[stage] = run_stage(run, stage, data_root=data_root, resume=resume, progress=progress)
+        if results[stage] is not None:
+            echo(summary_line(stage, results[stage]))
     return results
 
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-from edgekd import __version__
+from edgekd import __version__, distributed
 from edgekd.errors import RecipeError, RunDirError
 from edgekd.recipe import STAGES, Recipe, dump_recipe, first_changed_stage, load_recipe
 from edgekd.runtime.bundle import sha256_file
@@ -34,13 +34,18 @@ os.umask(_UMASK)
 
 @contextmanager
 def atomic_path(path: Path):
-    """Yield a temp path beside `path`; on success it replaces `path` in one rename."""
+    """Yield a temp path beside `path`; on success it replaces `path` in one rename.
+
+    Under torchrun only rank 0 writes: the other ranks' temp files are dropped, so N processes
+    never race to replace the same artifact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        if not distributed.is_main():
+            return
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts are ordinary files
@@ -146,6 +151,10 @@ class RunDir:
     def save(self) -> None:
         atomic_write_json(self.path / MANIFEST, self.manifest)
 
+    def reload(self) -> None:
+        """Re-read the manifest another process (rank 0 under torchrun) has written."""
+        self.manifest = RunDir.open(self.path, check_recipe=False).manifest
+
     # ---- reading stages
 
     def stage(self, name: str) -> dict | None:
@@ -207,7 +216,10 @@ class RunDir:
 
     def record(self, name: str, *, started: float, outputs: dict[str, Path], inputs: dict[str, Path] | None = None,
                metrics: dict | None = None, status: str = "done", extra: dict | None = None) -> dict:
-        """Record a finished stage (its files already written) and mark downstream stages stale."""
+        """Record a finished stage (its files already written) and mark downstream stages stale.
+        Under torchrun only rank 0 records; the others re-read the manifest after the stage."""
+        if not distributed.is_main():
+            return {}
         entry = {
             "status": status,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),

@@ -101,6 +101,22 @@ def _flops(run, bundle, key: str, meta: dict) -> float | None:
 BASELINE = "baseline/"  # key prefix of the models of `--baseline BUNDLE`, measured in the same run
 
 
+def _check_models(models, run, bundle) -> None:
+    """An unknown --models key would measure nothing and write an empty bench: refuse it."""
+    if not models:
+        return
+    known = set(bundle.models) | {m.get("source") for m in bundle.models.values()} if bundle else set()
+    if run is not None:
+        known |= set(runners.TORCH_KEYS)
+    known.discard(None)
+    bad = sorted(set(models) - known)
+    if bad:
+        from edgekd.recipe import suggest
+
+        raise UsageError(f"unknown model(s) {', '.join(bad)} (this source has {', '.join(sorted(known))})"
+                         f"{suggest(bad[0], sorted(known))}; fix --models")
+
+
 def _open_all(run, bundle, backends, models, threads, baseline=None):
     """Yield (key, backend, runner or the reason there is none, meta) for every model of every backend."""
     for backend in backends:
@@ -167,6 +183,7 @@ def run_bench(source, *, batches=None, threads: int = 1, backends=None, models=N
     if not batches or batches[0] < 1:
         raise UsageError(f"batch sizes must be positive integers, got {batches}")
     names, unavailable = _backends(backends, run, bundle)
+    _check_models(models, run, bundle)
     inputs, labels, test_from = _testset(run, bundle, data_root)
     say = progress or (lambda msg: None)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgekd import distributed as dist
 from edgekd.data.base import Dataset
 from edgekd.rundir import atomic_path, atomic_write_json
 
@@ -49,7 +50,9 @@ class TeacherTargets:
             return self._loaded[pairing]
         d = self._dir(pairing)
         if not (d / "meta.json").is_file():  # meta.json is written last: its presence means complete
-            arrays = _teacher_outputs(self.teacher, self.names, self.data.split("train", pairing).inputs)
+            inputs = self.data.split("train", pairing).inputs
+            rows = dist.shard_rows(len(next(iter(inputs.values()))))  # torchrun: each rank its block
+            arrays = dist.gather_rows(_teacher_outputs(self.teacher, self.names, {m: inputs[m][rows] for m in self.names}))
             d.mkdir(parents=True, exist_ok=True)
             for k, v in arrays.items():
                 with atomic_path(d / f"{k}.npy") as tmp:
@@ -57,6 +60,7 @@ class TeacherTargets:
                         np.save(f, v)
             atomic_write_json(d / "meta.json", {"pairing": pairing, "files": sorted(arrays), "rows": len(v)})
             self.computed_pairings.append(pairing)
+            dist.barrier()  # rank 0 has written the merged files
         meta = json.loads((d / "meta.json").read_text())
         self._loaded[pairing] = {k: np.load(d / f"{k}.npy", mmap_mode="r") for k in meta["files"]}
         return self._loaded[pairing]

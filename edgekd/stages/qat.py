@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from edgekd import distributed as dist
 from edgekd.data import load_dataset
 from edgekd.distill.cache import SelfTargets, TeacherTargets
 from edgekd.distill.evaluate import evaluate
@@ -86,6 +87,7 @@ def run_qat(run: RunDir, data_root=None, resume: bool = False, progress=None) ->
         ptq = quantize(fp32, q, calib)
         calib_seconds = round(time.time() - t0, 2)
         ptq_path = save_quantized(ptq, out_dir / "ptq.pth")
+        dist.barrier()  # under torchrun every rank restores the file rank 0 wrote
         ptq_result = evaluate(ptq, test, names, data.classes)
 
         targets = None

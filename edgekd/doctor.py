@@ -1,0 +1,181 @@
+"""`edgekd doctor PATH`: is a run directory (or a bundle) whole, and what would resume do?
+
+Findings are errors (the manifest points at something missing, changed or unreadable: a re-run is
+needed), warnings (an interrupted stage, an incomplete cache, temp files a killed writer left:
+harmless, `--resume` or `--clean` deals with them) or notes. Torch is only imported to read the
+epoch of a training checkpoint, so a device install can check bundles.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgekd.errors import EdgekdError, RunDirError
+
+TRAINING_STAGES = ("teacher", "distill", "qat")
+
+
+@dataclass
+class Report:
+    path: Path
+    kind: str  # "run" or "bundle"
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    temp_files: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "kind": self.kind, "ok": self.ok, "errors": self.errors,
+                "warnings": self.warnings, "notes": self.notes, "temp_files": [str(p) for p in self.temp_files]}
+
+
+def temp_files(root: Path) -> list[Path]:
+    """Leftovers of writers killed mid-write: `.NAME.*.tmp` files and `.NAME.tmp-*`/`.old-*` folders.
+    Their names start with a dot and end unlike any artifact, so nothing ever loads them."""
+    found = [p for p in root.rglob(".*.tmp") if p.is_file()]
+    found += [p for pat in (".*.tmp-*", ".*.old-*") for p in root.rglob(pat) if p.is_dir()]
+    return sorted(found)
+
+
+def check(path: Path) -> Report:
+    path = Path(path)
+    if (path / "manifest.json").is_file() and (path / "recipe.yaml").is_file():
+        return check_run(path)
+    if (path / "manifest.json").is_file():
+        return check_bundle(path)
+    raise RunDirError(f"{path} is neither a run directory nor a bundle (no manifest.json); "
+                      "give the folder `edgekd run` or `edgekd export` made")
+
+
+def check_bundle(path: Path) -> Report:
+    from edgekd.runtime.bundle import load_bundle
+
+    report = Report(path, "bundle", temp_files=temp_files(path))
+    try:
+        bundle = load_bundle(path)
+        report.notes.append(f"bundle: {len(bundle.manifest['files'])} files verified (size and sha256)")
+    except EdgekdError as e:
+        report.errors.append(str(e))
+    _warn_temp(report)
+    return report
+
+
+def check_run(path: Path) -> Report:
+    from edgekd.recipe import load_recipe
+    from edgekd.rundir import RECIPE, RunDir
+
+    report = Report(path, "run", temp_files=temp_files(path))
+    run = RunDir.open(path, check_recipe=False)  # a corrupt manifest is a RunDirError: one line, exit 1
+    try:
+        recipe = load_recipe(path / RECIPE)
+    except EdgekdError as e:
+        recipe = None
+        report.errors.append(f"recipe.yaml: {e}")
+    stages = run.manifest["stages"]
+    for name, st in stages.items():
+        status = st.get("status")
+        bad = _check_outputs(run, name, st) if status == "done" else []
+        report.errors += bad
+        if status == "done" and not bad:
+            report.notes.append(f"{name}: done, {len(st.get('outputs', {}))} outputs verified")
+        elif status == "running":
+            report.warnings.append(f"{name}: interrupted while re-running; continue with "
+                                   f"`edgekd run {path} --resume` (finished epochs are kept)")
+        elif status == "stale":
+            report.warnings.append(f"{name}: stale (an earlier stage or its settings changed); "
+                                   f"`edgekd run {path}` re-runs it")
+        elif status == "skipped":
+            report.notes.append(f"{name}: skipped ({st.get('metrics', {}).get('skipped', 'see the manifest')})")
+    from edgekd.recipe import STAGES
+
+    for name in STAGES:
+        if name not in stages:
+            report.notes.append(f"{name}: not run yet")
+    for name in TRAINING_STAGES:
+        if stages.get(name, {}).get("status") != "done":
+            _check_checkpoints(report, path, name, recipe)
+    _check_cache(report, path)
+    if (path / "bundle").is_dir() and stages.get("export", {}).get("status") == "done":
+        sub = check_bundle(path / "bundle")
+        report.errors += [f"bundle: {e}" for e in sub.errors]
+        report.notes += sub.notes
+    _warn_temp(report)
+    return report
+
+
+def _check_outputs(run, name: str, st: dict) -> list[str]:
+    from edgekd.runtime.bundle import sha256_file
+
+    problems = []
+    for key, entry in st.get("outputs", {}).items():
+        f = run.path / entry["path"]
+        if not f.is_file():
+            problems.append(f"{name}.{key}: {f} is missing; re-run `edgekd {name} {run.path} --force`")
+        elif f.stat().st_size != entry.get("bytes", f.stat().st_size) or sha256_file(f) != entry["sha256"]:
+            problems.append(f"{name}.{key}: {f} changed since the stage wrote it (sha256 differs); "
+                            f"re-run `edgekd {name} {run.path} --force`")
+    return problems
+
+
+def _check_checkpoints(report: Report, path: Path, stage: str, recipe) -> None:
+    for ck in sorted((path / stage).rglob("checkpoint.pt")) if (path / stage).is_dir() else []:
+        try:
+            import torch
+
+            state = torch.load(ck, map_location="cpu", weights_only=True)
+            epoch = int(state["epoch"])
+        except ModuleNotFoundError:
+            report.notes.append(f"{ck}: present (install edgekd[train] to read its epoch)")
+            continue
+        except Exception as e:  # a truncated or foreign file: resume would refuse it
+            report.errors.append(f"{ck} is unreadable ({type(e).__name__}); delete it and run without --resume")
+            continue
+        total = _epochs(recipe, stage)
+        of = f"/{total}" if total else ""
+        report.warnings.append(f"{stage}: unfinished; checkpoint {ck.relative_to(path)} holds epoch {epoch}{of}: "
+                               f"`edgekd run {path} --resume` continues from there")
+
+
+def _epochs(recipe, stage: str) -> int | None:
+    if recipe is None:
+        return None
+    return getattr(getattr(recipe, stage, None), "epochs", None)
+
+
+def _check_cache(report: Report, path: Path) -> None:
+    import numpy as np
+
+    for pairing in sorted((path / "cache").glob("teacher-*/pairing*")) if (path / "cache").is_dir() else []:
+        meta_file = pairing / "meta.json"
+        if not meta_file.is_file():
+            report.warnings.append(f"{pairing.relative_to(path)}: incomplete teacher-output cache (interrupted); "
+                                   "the next distill recomputes it")
+            continue
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            for name in meta["files"]:
+                rows = np.load(pairing / f"{name}.npy", mmap_mode="r", allow_pickle=False).shape[0]
+                if rows != meta["rows"]:
+                    raise ValueError(f"{name}.npy has {rows} rows, meta.json says {meta['rows']}")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            report.errors.append(f"{pairing.relative_to(path)}: corrupt teacher-output cache ({e}); delete the "
+                                 "folder and the next distill recomputes it")
+
+
+def _warn_temp(report: Report) -> None:
+    if report.temp_files:
+        report.warnings.append(f"{len(report.temp_files)} temp file(s) left by an interrupted write (never loaded); "
+                               f"`edgekd doctor {report.path} --clean` removes them")
+
+
+def clean(report: Report) -> int:
+    import shutil
+
+    for p in report.temp_files:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return len(report.temp_files)
