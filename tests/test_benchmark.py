@@ -98,6 +98,21 @@ def test_ratio_interval_by_hand():
     assert lo < 2 < hi
 
 
+def test_paired_ratio_interval_by_hand():
+    rng = np.random.default_rng(0)
+    drift = np.exp(rng.normal(0, 0.5, 200))  # one factor per round, shared by both calls of the round
+    value, lo, hi = stats.paired_ratio_ci(1.2 * drift, drift)
+    assert (value, lo, hi) == (pytest.approx(1.2), pytest.approx(1.2), pytest.approx(1.2))
+    _, ulo, uhi = stats.ratio_ci(1.2 * drift, drift)  # unpaired, the drift stays in both marginals
+    assert ulo < 1.1 and uhi > 1.3
+    r = rng.permutation(np.arange(1, 101, dtype=float))
+    value, lo, hi = stats.paired_ratio_ci(r, np.ones(100))
+    lo_i, hi_i = stats.quantile_ci_indices(100, 0.5, 0.95)
+    assert (value, lo, hi) == (50.5, lo_i, hi_i)  # the order statistics of the ratios themselves
+    with pytest.raises(ValueError, match="same non-zero length"):
+        stats.paired_ratio_ci([1.0, 2.0], [1.0])
+
+
 # --------------------------------------------------------------------------- harness
 
 
@@ -231,6 +246,39 @@ def test_gate_passes_unchanged_and_fails_a_slower_student(tmp_path):
     code, lines = evaluate(fake_bench(student_ms=1.2, seed=3), rules, baseline)  # 20% slower
     assert code == FAIL, lines
     assert lines[0].startswith("FAIL") and "no regression" in lines[0] and "<= 1.1x" in lines[0] and "95% CI" in lines[0]
+
+
+def drifting_bench(new_ms: float, old_ms: float = 1.0, seed: int = 0):
+    """`edgekd bench NEW --baseline OLD` on a machine whose speed swings round to round."""
+    clock, rng = FakeClock(), np.random.default_rng(seed)
+    state = {"drift": 1.0}
+
+    def call(ms, first=False):
+        def run():
+            if first:
+                state["drift"] = float(np.exp(rng.normal(0.0, 0.6)))
+            clock.advance(ms * state["drift"] * float(np.exp(rng.normal(0.0, 0.01))) / 1000)
+        return run
+
+    targets = [Target("student_int8_cpu", "onnxruntime-cpu", 1, call(new_ms, first=True)),
+               Target("baseline/student_int8_cpu", "onnxruntime-cpu", 1, call(old_ms))]
+    results = measure(targets, clock=clock, min_seconds=0.3, max_seconds=0.6, ci_rel_width=0.05, **FAST)
+    return build_bench(results, env={"cpu_model": "fake", "threads": 1}, peak={"cpu": 50.0},
+                       source={"kind": "bundle", "path": "x", "name": "fake"}, settings={})
+
+
+def test_gate_pairs_the_rounds_of_a_same_run_baseline(tmp_path):
+    """Drift shared by a round cancels in the per-round ratios: a decision where the unpaired
+    interval (each model's spread on its own) could only say inconclusive."""
+    rules = budgets(tmp_path, REGRESSION)
+    code, lines = evaluate(drifting_bench(1.0, seed=1), rules)
+    assert code == PASS and "paired rounds" in lines[0], lines
+    code, lines = evaluate(drifting_bench(1.2, seed=2), rules)
+    assert code == FAIL, lines
+    bench = drifting_bench(1.0, seed=1)
+    recs = {r["model"]: r["latencies_ms"] for r in bench["results"]}
+    _, lo, hi = stats.ratio_ci(recs["student_int8_cpu"], recs["baseline/student_int8_cpu"])
+    assert hi > 1.1  # unpaired, the same data would have been inconclusive
 
 
 def test_gate_is_inconclusive_when_the_spread_is_wide(tmp_path):

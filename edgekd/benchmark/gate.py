@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from edgekd.benchmark.stats import QUANTILES, mean_ci, percentile, quantile_ci, ratio_ci
+from edgekd.benchmark.stats import QUANTILES, mean_ci, paired_ratio_ci, percentile, quantile_ci, ratio_ci
 from edgekd.errors import UsageError
 from edgekd.recipe import Strict, suggest
 
@@ -148,6 +148,14 @@ def _latencies(rec: dict, where: str) -> list:
     return rec["latencies_ms"]
 
 
+def _ratio(num: dict, den: dict, p: float, conf: float, same_run: bool) -> tuple[float, float | None, float | None, str]:
+    """The p50 ratio of two results; paired by round when they come from one interleaved bench."""
+    a, b = _latencies(num, "bench"), _latencies(den, "baseline" if not same_run else "bench")
+    if same_run and p == 0.5 and len(a) == len(b):
+        return (*paired_ratio_ci(a, b, p, conf), "paired rounds")
+    return (*ratio_ci(a, b, p, conf), "unpaired")
+
+
 def _g(v) -> str:
     return "n/a" if v is None else f"{v:.4g}"
 
@@ -171,9 +179,9 @@ def _check(b: _Budget, bench: dict, baseline: dict | None, conf: float) -> tuple
         if other is None:
             missing = f"{head}: {b.baseline_model} not measured on {b.baseline_backend or b.backend}"
             return ("SKIP" if b.optional else "FAIL"), missing
-        value, lo, hi = ratio_ci(_latencies(other, "bench"), _latencies(rec, "bench"), p, conf)
+        value, lo, hi, how = _ratio(other, rec, p, conf, same_run=True)
         return decide(lo, hi, min=b.min), (f"{head}: speedup {b.metric}({b.baseline_model}) / {b.metric}({b.model}) = "
-                                           f"{_g(value)}x [{_g(lo)}, {_g(hi)}] ({ci}); budget >= {b.min:g}x")
+                                           f"{_g(value)}x [{_g(lo)}, {_g(hi)}] ({ci}, {how}); budget >= {b.min:g}x")
     same_run = _find(bench, "baseline/" + b.model, b.backend, b.batch)  # `edgekd bench --baseline BUNDLE`
     if same_run is not None:
         baseline, model_key = bench, "baseline/" + b.model
@@ -185,9 +193,10 @@ def _check(b: _Budget, bench: dict, baseline: dict | None, conf: float) -> tuple
     old = _find(baseline, model_key, b.backend, b.batch)
     if old is None:
         return ("SKIP" if b.optional else "FAIL"), f"{head}: not measured in the baseline bench"
-    value, lo, hi = ratio_ci(_latencies(rec, "bench"), _latencies(old, "baseline"), p, conf)
+    value, lo, hi, how = _ratio(rec, old, p, conf, same_run=same_run is not None)
+    where = "same run, interleaved" if same_run is not None else "separate baseline bench"
     return decide(lo, hi, max=1 + b.max_slowdown), (
-        f"{head}: {b.metric} now / baseline{' (same run, interleaved)' if same_run is not None else ''} = {_g(value)}x [{_g(lo)}, {_g(hi)}] ({ci}); "
+        f"{head}: {b.metric} now / baseline ({where}) = {_g(value)}x [{_g(lo)}, {_g(hi)}] ({ci}, {how}); "
         f"budget <= {1 + b.max_slowdown:g}x (at most {100 * b.max_slowdown:g}% slower)")
 
 
