@@ -6,6 +6,7 @@
 2. repeatability: p50 of three successive benches;
 3. gate reliability: a regression budget (10%) against a baseline bench passes for the unchanged
    student and fails for a 20%-slower student (a wider student of the same architecture), N times.
+   `--width auto` picks the width whose bare-loop p50 is closest to 1.2x the bundle's student.
 """
 from __future__ import annotations
 
@@ -68,11 +69,28 @@ def slower_bundle(bundle: Path, dest: Path, width: int) -> Path:
                         extra_files={"testset.npz": bundle / "testset.npz"})
 
 
+def pick_width(bundle: Path, work: Path, inputs: dict, target: float = 1.2) -> tuple[int, float]:
+    """The width (13..24) whose FP32 student runs closest to `target` x the bundle's, bare loops."""
+    from edgekd.runtime.bundle import load_bundle
+
+    base = load_bundle(bundle).model_path(MODEL)
+    best = None
+    for width in range(13, 25):
+        wide = load_bundle(slower_bundle(bundle, work / f"w{width}", width)).model_path(MODEL)
+        ratios = [bare_p50(wide, inputs, 1.0) / bare_p50(base, inputs, 1.0) for _ in range(3)]
+        ratio = float(np.median(ratios))
+        print(f"width {width}: {ratio:.3f}x", flush=True)
+        if best is None or abs(ratio - target) < abs(best[1] - target):
+            best = (width, ratio)
+    return best
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("bundle", type=Path)
     ap.add_argument("--runs", type=int, default=20)
-    ap.add_argument("--width", type=int, default=15, help="width of the slower student (the default is 12)")
+    ap.add_argument("--width", default="auto", help="width of the slower student (the default student's is 12), "
+                    "or auto: the width closest to 20%% slower")
     ap.add_argument("--modes", default="separate,interleaved",
                     help="regression gate baselines to test: separate (an earlier bench), interleaved (same run)")
     args = ap.parse_args()
@@ -98,7 +116,12 @@ def main() -> int:
     budget.write_text("budgets:\n  - {name: no regression, kind: regression, model: student_fp32, "
                       "backend: onnxruntime-cpu, batch: 1, metric: p50_ms, max_slowdown: 0.10}\n")
     _, baseline = bench(args.bundle, work / "baseline")
-    wide = slower_bundle(args.bundle, work / "wide", args.width)
+    if args.width == "auto":
+        width, ratio = pick_width(args.bundle, work, one)
+        report["slower_width"] = {"width": width, "bare_p50_ratio": round(ratio, 3)}
+    else:
+        width = int(args.width)
+    wide = slower_bundle(args.bundle, work / "wide", width)
     for mode in args.modes.split(","):  # baseline bench taken earlier vs measured in the same run
         codes = {"unchanged": [], "slower": []}
         slow_ratio = []

@@ -28,9 +28,18 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
 def _progress(quiet: bool):
+    from edgekd import distributed
     from edgekd.progress import progress_bar
 
-    return progress_bar(enabled=not quiet and sys.stderr.isatty())
+    return progress_bar(enabled=not quiet and sys.stderr.isatty() and distributed.is_main())
+
+
+def _single_process(command: str) -> None:
+    from edgekd import distributed
+
+    if distributed.world_size() > 1:
+        raise UsageError(f"`edgekd {command}` is single-process; run it without torchrun "
+                         "(torchrun is for run, teacher, distill and qat)")
 
 
 def _stage(stage: str, target, run_dir, data_root, sets, resume, force, quiet):
@@ -110,6 +119,7 @@ def build(target_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR_OR_BUNDLE"
           require_trt: Annotated[bool, typer.Option("--require-trt", help="Fail instead of skipping where TensorRT or a GPU is missing.")] = False,
           twice: Annotated[bool, typer.Option("--twice", help="Build twice and report whether the engines are identical.")] = False):
     """Build a TensorRT engine for a target; without TensorRT or a GPU, lint and write build/trtexec.sh (skipped)."""
+    _single_process("build")
     from edgekd.trt.bundle_build import build_bundle, is_bundle
 
     if is_bundle(target_dir):  # on the device: no run directory, no torch
@@ -147,6 +157,7 @@ def bench(source: Annotated[Path, typer.Argument(metavar="RUN_DIR_OR_BUNDLE", he
           baseline: Annotated[Optional[Path], typer.Option("--baseline", help="A baseline bundle (e.g. main's) measured interleaved in the same run, as baseline/<model>, for regression gates.")] = None,
           data_root: DataRoot = None):
     """Measure latency (p50/p90/p95/p99 with confidence bounds, interleaved) and accuracy of every model on every backend."""
+    _single_process("bench")
     from edgekd.benchmark.bench import run_bench
 
     cfg = None

@@ -43,10 +43,11 @@ def active() -> bool:
 
 
 def backend() -> str:
-    """NCCL when every rank has a GPU, gloo on CPU (NCCL has no CPU tensors)."""
+    """NCCL when every local rank has a GPU of its own, else gloo on CPU (NCCL has no CPU tensors)."""
     import torch
 
-    return "nccl" if torch.cuda.is_available() else "gloo"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size()) or 1)
+    return "nccl" if torch.cuda.is_available() and local <= torch.cuda.device_count() else "gloo"
 
 
 def setup() -> None:

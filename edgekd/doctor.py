@@ -77,7 +77,12 @@ def check_run(path: Path) -> Report:
         recipe = None
         report.errors.append(f"recipe.yaml: {e}")
     stages = run.manifest["stages"]
-    for name, st in stages.items():
+    for name, st in list(stages.items()):
+        if not isinstance(st, dict) or not isinstance(st.get("outputs", {}), dict):
+            report.errors.append(f"manifest.json: the entry of stage '{name}' is malformed; re-run "
+                                 f"`edgekd {name} {path} --force`")
+            stages.pop(name)
+            continue
         status = st.get("status")
         bad = _check_outputs(run, name, st) if status == "done" else []
         report.errors += bad
@@ -113,6 +118,9 @@ def _check_outputs(run, name: str, st: dict) -> list[str]:
 
     problems = []
     for key, entry in st.get("outputs", {}).items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or "sha256" not in entry:
+            problems.append(f"{name}.{key}: the manifest entry is malformed; re-run `edgekd {name} {run.path} --force`")
+            continue
         f = run.path / entry["path"]
         if not f.is_file():
             problems.append(f"{name}.{key}: {f} is missing; re-run `edgekd {name} {run.path} --force`")
@@ -123,12 +131,15 @@ def _check_outputs(run, name: str, st: dict) -> list[str]:
 
 
 def _check_checkpoints(report: Report, path: Path, stage: str, recipe) -> None:
+    from edgekd.recipe import recipe_hash
+
     for ck in sorted((path / stage).rglob("checkpoint.pt")) if (path / stage).is_dir() else []:
         try:
             import torch
 
             state = torch.load(ck, map_location="cpu", weights_only=True)
             epoch = int(state["epoch"])
+            written_for = str(state.get("fingerprint", "")).split(":")[0]
         except ModuleNotFoundError:
             report.notes.append(f"{ck}: present (install edgekd[train] to read its epoch)")
             continue
@@ -137,6 +148,10 @@ def _check_checkpoints(report: Report, path: Path, stage: str, recipe) -> None:
             continue
         total = _epochs(recipe, stage)
         of = f"/{total}" if total else ""
+        if recipe is not None and written_for != recipe_hash(recipe):
+            report.warnings.append(f"{stage}: checkpoint {ck.relative_to(path)} (epoch {epoch}) was written for another "
+                                   "recipe; --resume will refuse it: delete it or re-run the stage without --resume")
+            continue
         report.warnings.append(f"{stage}: unfinished; checkpoint {ck.relative_to(path)} holds epoch {epoch}{of}: "
                                f"`edgekd run {path} --resume` continues from there")
 
@@ -162,7 +177,7 @@ def _check_cache(report: Report, path: Path) -> None:
                 rows = np.load(pairing / f"{name}.npy", mmap_mode="r", allow_pickle=False).shape[0]
                 if rows != meta["rows"]:
                     raise ValueError(f"{name}.npy has {rows} rows, meta.json says {meta['rows']}")
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except Exception as e:  # noqa: BLE001 -- any unreadable array is the same finding
             report.errors.append(f"{pairing.relative_to(path)}: corrupt teacher-output cache ({e}); delete the "
                                  "folder and the next distill recomputes it")
 

@@ -272,7 +272,7 @@ def test_gate_pairs_the_rounds_of_a_same_run_baseline(tmp_path):
     interval (each model's spread on its own) could only say inconclusive."""
     rules = budgets(tmp_path, REGRESSION)
     code, lines = evaluate(drifting_bench(1.0, seed=1), rules)
-    assert code == PASS and "paired rounds" in lines[0], lines
+    assert code == PASS and "median of per-round ratios" in lines[0], lines
     code, lines = evaluate(drifting_bench(1.2, seed=2), rules)
     assert code == FAIL, lines
     bench = drifting_bench(1.0, seed=1)

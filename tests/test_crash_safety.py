@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ RUN = ["run", str(ROOT / "recipes" / "tiny.yaml"), "--until", "export", "-q",
 # previous one, so one run is killed, resumed, killed again further on, and so on
 KILL_POINTS = [
     ("teacher, after its first epoch checkpoint", lambda d: (d / "teacher" / "checkpoint.pt").is_file()),
-    ("distill, while writing the teacher-output cache", lambda d: any((d / "cache").glob("teacher-*/pairing0/*.npy"))),
+    ("distill, once the teacher-output cache appears", lambda d: any((d / "cache").glob("teacher-*/pairing0/*.npy"))),
     ("distill, after the student's first epoch", lambda d: (d / "distill" / "student" / "checkpoint.pt").is_file()),
     ("qat, after PTQ calibration", lambda d: (d / "qat" / "ptq.pth").is_file()),
     ("export, after the first ONNX file", lambda d: any((d / "export").glob("*.onnx"))),
@@ -31,8 +32,17 @@ KILL_POINTS = [
 
 
 def _edgekd(args, env, **kw):
-    return subprocess.Popen([sys.executable, "-m", "edgekd", *map(str, args)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    # stderr to a file, not a pipe: nobody reads while the child runs, and a full pipe would stall it
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen([sys.executable, "-m", "edgekd", *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=log, text=True, **kw)
+    proc.log = log
+    return proc
+
+
+def _stderr(proc) -> str:
+    proc.log.seek(0)
+    return proc.log.read()
 
 
 def _kill_when(proc, condition, run_dir: Path, timeout: float = 240) -> bool:
@@ -64,14 +74,14 @@ def killed_and_resumed(tmp_path_factory):
     for i, (name, condition) in enumerate(KILL_POINTS):
         proc = _edgekd([*RUN, "--run-dir", run_dir, *(["--resume"] if i else [])], env)
         killed = _kill_when(proc, condition, run_dir)
-        stderr = proc.stderr.read()
+        stderr = _stderr(proc)
         teacher_ck = run_dir / "teacher" / "checkpoint.pt"
         epoch = torch.load(teacher_ck, weights_only=True)["epoch"] if name.startswith("teacher") else None
         rounds.append({"name": name, "killed": killed, "returncode": proc.returncode, "stderr": stderr,
                        "doctor": _doctor(run_dir, env), "teacher_epoch_at_kill": epoch})
     final = _edgekd([*RUN, "--run-dir", run_dir, "--resume"], env)
-    out, err = final.communicate(timeout=600)
-    return run_dir, rounds, (final.returncode, out, err), _doctor(run_dir, env)
+    final.wait(timeout=600)
+    return run_dir, rounds, (final.returncode, "", _stderr(final)), _doctor(run_dir, env)
 
 
 def test_every_kill_point_was_reached_and_killed(killed_and_resumed):

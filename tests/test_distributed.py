@@ -1,7 +1,7 @@
 """torch.distributed: 2 CPU processes (gloo) train like 1, only rank 0 writes, the sampler shards.
 
 The 2-process runs use torch.multiprocessing with the environment torchrun would set; the CLI
-under a real `torchrun` is exercised in tests/test_crash_and_distributed_cli.py.
+under a real `torchrun` is exercised in tests/test_torchrun.py.
 """
 import json
 import os
@@ -68,11 +68,19 @@ def _worker(rank: int, world: int, port: int, out_dir) -> None:
     from edgekd import distributed
 
     distributed.setup()
+    replaced, real_replace = [], os.replace
+
+    def spy(src, dst, *args, **kwargs):  # every artifact reaches its name through os.replace
+        replaced.append(str(dst))
+        return real_replace(src, dst, *args, **kwargs)
+
+    os.replace = spy
     try:
         for kind in ("student", "nobn"):
             result = _fit(out_dir, f"ddp-{kind}", kind)
-            (out_dir / f"{kind}-rank{rank}.json").write_text(json.dumps(result))
+            (out_dir / f"{kind}-rank{rank}.json").write_text(json.dumps({**result, "replaced": replaced}))
     finally:
+        os.replace = real_replace
         distributed.teardown()
 
 
@@ -117,8 +125,9 @@ def test_with_batchnorm_two_processes_stay_near_one_process(runs):
 
 
 def test_only_rank_zero_wrote_the_checkpoint(runs):
-    out, _, _ = runs
+    out, _, ranks = runs
     assert (out / "ddp-student.pt").is_file()
+    assert any(p.endswith("ddp-student.pt") for p in ranks[0]["replaced"]) and ranks[1]["replaced"] == []
     assert not list(out.glob(".ddp-student.pt.*"))  # the other rank's temp file was dropped, not left behind
 
 

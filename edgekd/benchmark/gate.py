@@ -149,11 +149,13 @@ def _latencies(rec: dict, where: str) -> list:
 
 
 def _ratio(num: dict, den: dict, p: float, conf: float, same_run: bool) -> tuple[float, float | None, float | None, str]:
-    """The p50 ratio of two results; paired by round when they come from one interleaved bench."""
+    """The ratio of two results' p-quantiles; for p50 of two results timed in the same interleaved
+    rounds on one backend (shared drift), the median of the per-round ratios instead."""
     a, b = _latencies(num, "bench"), _latencies(den, "baseline" if not same_run else "bench")
-    if same_run and p == 0.5 and len(a) == len(b):
-        return (*paired_ratio_ci(a, b, p, conf), "paired rounds")
-    return (*ratio_ci(a, b, p, conf), "unpaired")
+    paired = same_run and p == 0.5 and len(a) == len(b) and num["backend"] == den["backend"] and min(b) > 0
+    if paired:
+        return (*paired_ratio_ci(a, b, p, conf), "median of per-round ratios")
+    return (*ratio_ci(a, b, p, conf), "ratio of quantiles")
 
 
 def _g(v) -> str:

@@ -6,7 +6,8 @@ same weights as one that was never interrupted.
 
 Under torchrun (see edgekd.distributed) the recipe's batch_size stays the *global* batch: each of
 N ranks takes batch_size / N rows of the same seeded epoch order through a DistributedSampler, and
-DDP averages the gradients, so N processes take the same optimisation steps as one.
+DDP averages the gradients, so N processes take the steps of one on the same global batches with
+the same modality masks (dropout and augmentation draw per rank).
 """
 from __future__ import annotations
 
@@ -170,6 +171,13 @@ def _train(job: Job, data: Dataset, resume: bool, progress, world: int, device) 
                    steps_per_epoch, progress, device)
 
 
+def _finite_everywhere(loss: torch.Tensor, world: int) -> bool:
+    """Every rank agrees whether to stop: a rank that raised alone would leave the others waiting
+    in DDP's all-reduce until the process group times out."""
+    ok = bool(torch.isfinite(loss))
+    return ok if world == 1 else dist.all_reduce_sum([0.0 if ok else 1.0])[0] == 0
+
+
 def _say(message: str) -> None:
     if dist.is_main():
         import sys
@@ -186,8 +194,11 @@ def _epochs(job, data, step, opt, sched, splits, start, history, steps_per_epoch
     kinds = {n: s.kind for n, s in data.modalities.items()}
     for epoch in range(start, o.epochs):
         t0 = time.perf_counter()
-        torch.manual_seed(job.seed * 1_000_003 + epoch)
+        # dropout and augmentation draw per rank (rank r's row j must not repeat rank 0's draws);
+        # the modality masks come from `gen`, the same stream on every rank, drawn for the global batch
+        torch.manual_seed(job.seed * 1_000_003 + epoch * world + rank)
         gen = torch.Generator().manual_seed(job.seed * 7919 + epoch)
+        aug_gen = gen if world == 1 else torch.Generator().manual_seed(job.seed * 7919 + epoch * world + rank + 104_729)
         pairing = epoch % data.num_pairings
         if pairing not in splits:
             splits = {pairing: data.split("train", pairing)}  # keep one pairing in memory
@@ -205,7 +216,7 @@ def _epochs(job, data, step, opt, sched, splits, start, history, steps_per_epoch
             idx = order[i : starts[k + 1] if k + 1 < len(starts) else len(order)]
             x = {n: _layout(torch.from_numpy(split.inputs[n][idx])) for n in job.names}
             if o.augment:
-                x = augment(x, kinds, gen)
+                x = augment(x, kinds, aug_gen)
             y = torch.from_numpy(split.labels[idx])
             # the mask is drawn for the global batch and sliced like the sampler slices the rows,
             # so N ranks together see exactly the masks one process would
@@ -218,8 +229,8 @@ def _epochs(job, data, step, opt, sched, splits, start, history, steps_per_epoch
                 target = job.targets.get(pairing, idx, x if o.augment else None)
             x, y, keep, target = _to(x, device), y.to(device), _to(keep, device), _to(target, device)
             loss, parts, logits = step(x, keep, y, target)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"{job.label}: the loss became {loss.item()} in epoch {epoch + 1}; lower the "
+            if not _finite_everywhere(loss, world):
+                raise TrainingError(f"{job.label}: the loss became non-finite in epoch {epoch + 1}; lower the "
                                     "learning rate (recipe lr) or check the data for extreme values")
             opt.zero_grad(set_to_none=True)
             loss.backward()
