@@ -154,6 +154,7 @@ def bench(source: Annotated[Path, typer.Argument(metavar="RUN_DIR_OR_BUNDLE", he
           out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: RUN_DIR/bench/<time>/).")] = None,
           min_seconds: Annotated[Optional[float], typer.Option("--min-seconds", help="Minimum measuring time per batch size.")] = None,
           max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", help="Time cap per batch size.")] = None,
+          block: Annotated[Optional[int], typer.Option("--block", min=1, help="Timed calls per model per interleaved round, after one untimed call (default: recipe bench.block, else 10; 1 = strict A B C rounds, no re-warm).")] = None,
           baseline: Annotated[Optional[Path], typer.Option("--baseline", help="A baseline bundle (e.g. main's) measured interleaved in the same run, as baseline/<model>, for regression gates.")] = None,
           data_root: DataRoot = None):
     """Measure latency (p50/p90/p95/p99 with confidence bounds, interleaved) and accuracy of every model on every backend."""
@@ -166,7 +167,7 @@ def bench(source: Annotated[Path, typer.Argument(metavar="RUN_DIR_OR_BUNDLE", he
 
         cfg = RunDir.open(source).recipe.bench
     opts = {}  # the option, else the run's recipe, else the harness default
-    for name, value in (("min_seconds", min_seconds), ("max_seconds", max_seconds)):
+    for name, value in (("min_seconds", min_seconds), ("max_seconds", max_seconds), ("block", block)):
         if value is None and cfg is not None:
             value = getattr(cfg, name)
         if value is not None:

@@ -251,6 +251,8 @@ class BenchConfig(Strict):
                            "torch-cuda"]] | None = Field(None, description="Backends (default: every one available here).")
     min_seconds: float = Field(5.0, gt=0, description="Minimum measuring time per batch size.")
     max_seconds: float = Field(30.0, gt=0, description="Stop here even if the p90/p99 bounds are not tight yet.")
+    block: int = Field(10, ge=1, description="Timed calls per model per interleaved round, after one untimed "
+                       "call that re-warms its caches (1: strict A B C rounds).")
 
     @field_validator("batches")
     @classmethod

@@ -116,6 +116,18 @@ def test_paired_ratio_interval_by_hand():
 # --------------------------------------------------------------------------- harness
 
 
+def test_blocks_rewarm_each_target_once_per_round_and_keep_rounds_aligned():
+    clock, log = FakeClock(), []
+    targets = [Target(n, "onnxruntime-cpu", 1, sleeper(clock, 1.0, log=log, name=n)) for n in "AB"]
+    warm = FAST["warmup_count"]  # warm-up rounds: one call per target each
+    results = measure(targets, clock=clock, min_seconds=0.05, max_seconds=0.2, block=3, **FAST)
+    timed_rounds = (len(log) - 2 * warm) // 8
+    assert log[2 * warm:] == (["A"] * 4 + ["B"] * 4) * timed_rounds  # 1 untimed + 3 timed each
+    assert [len(r.latencies_ms) for r in results] == [3 * timed_rounds] * 2  # the untimed call is not kept
+    with pytest.raises(ValueError, match="block"):
+        measure(targets, clock=clock, block=0, **FAST)
+
+
 def test_targets_are_interleaved_and_synchronised_before_the_clock():
     clock, log = FakeClock(), []
     targets = [Target(n, "onnxruntime-cpu", 1, sleeper(clock, 1.0, log=log, name=n)) for n in "ABC"]

@@ -18,7 +18,7 @@ from edgekd.benchmark.results import build_bench, plots, to_markdown
 from edgekd.errors import DataError, EdgekdError, UsageError
 
 MEASURE_DEFAULTS = {"warmup_count": 10, "warmup_seconds": 1.0, "min_seconds": 5.0, "max_seconds": 30.0,
-                    "min_samples": 100, "ci_rel_width": 0.10, "confidence": 0.95}
+                    "min_samples": 100, "ci_rel_width": 0.10, "confidence": 0.95, "block": 10}
 
 
 def open_source(source) -> tuple[object | None, object | None]:

@@ -9,5 +9,5 @@ def run_bench_stage(run: RunDir, data_root=None, resume: bool = False, progress=
 
     b = run.recipe.bench
     run_bench(run.path, batches=b.batches, threads=b.threads, backends=b.backends, data_root=data_root,
-              min_seconds=b.min_seconds, max_seconds=b.max_seconds)
+              min_seconds=b.min_seconds, max_seconds=b.max_seconds, block=b.block)
     return RunDir.open(run.path).stage("bench")["metrics"]
