@@ -91,6 +91,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--width", default="auto", help="width of the slower student (the default student's is 12), "
                     "or auto: the width closest to 20%% slower")
+    ap.add_argument("--pairs", type=int, default=5, help="alternations of bare loop and bench for the overhead")
     ap.add_argument("--modes", default="separate,interleaved",
                     help="regression gate baselines to test: separate (an earlier bench), interleaved (same run)")
     args = ap.parse_args()
@@ -103,15 +104,21 @@ def main() -> int:
     one = {k: v[:1] for k, v in inputs.items()}
     model_path = load_bundle(args.bundle).model_path(MODEL)
     pairs = []
-    for i in range(3):  # alternate so drift hits both
+    for i in range(args.pairs):  # alternate so drift hits both
         bare = bare_p50(model_path, one)
         b, _ = bench(args.bundle, work / f"o{i}")
         pairs.append((bare, p50(b)))
     report["overhead"] = {"bare_p50_ms": [round(a, 4) for a, _ in pairs], "bench_p50_ms": [round(b, 4) for _, b in pairs],
-                          "ratio": [round(b / a, 3) for a, b in pairs]}
+                          "ratio": [round(b / a, 3) for a, b in pairs],
+                          "median_ratio": round(float(np.median([b / a for a, b in pairs])), 3)}
     report["repeatability_p50_ms"] = [round(b, 4) for _, b in pairs]
+    p50s = np.array(report["repeatability_p50_ms"])
+    report["repeatability_max_dev_from_mean"] = round(float(np.abs(p50s / p50s.mean() - 1).max()), 3)
     print(json.dumps(report), flush=True)
 
+    if not args.modes:
+        print(json.dumps(report, indent=1))
+        return 0
     budget = work / "regression.yaml"
     budget.write_text("budgets:\n  - {name: no regression, kind: regression, model: student_fp32, "
                       "backend: onnxruntime-cpu, batch: 1, metric: p50_ms, max_slowdown: 0.10}\n")
