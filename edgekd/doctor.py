@@ -84,7 +84,7 @@ def check_run(path: Path) -> Report:
             stages.pop(name)
             continue
         status = st.get("status")
-        bad = _check_outputs(run, name, st) if status == "done" else []
+        bad = run.verify(name) if status == "done" else []
         report.errors += bad
         if status == "done" and not bad:
             report.notes.append(f"{name}: done, {len(st.get('outputs', {}))} outputs verified")
@@ -111,23 +111,6 @@ def check_run(path: Path) -> Report:
         report.notes += sub.notes
     _warn_temp(report)
     return report
-
-
-def _check_outputs(run, name: str, st: dict) -> list[str]:
-    from edgekd.runtime.bundle import sha256_file
-
-    problems = []
-    for key, entry in st.get("outputs", {}).items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or "sha256" not in entry:
-            problems.append(f"{name}.{key}: the manifest entry is malformed; re-run `edgekd {name} {run.path} --force`")
-            continue
-        f = run.path / entry["path"]
-        if not f.is_file():
-            problems.append(f"{name}.{key}: {f} is missing; re-run `edgekd {name} {run.path} --force`")
-        elif f.stat().st_size != entry.get("bytes", f.stat().st_size) or sha256_file(f) != entry["sha256"]:
-            problems.append(f"{name}.{key}: {f} changed since the stage wrote it (sha256 differs); "
-                            f"re-run `edgekd {name} {run.path} --force`")
-    return problems
 
 
 def _check_checkpoints(report: Report, path: Path, stage: str, recipe) -> None:

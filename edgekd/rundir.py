@@ -162,10 +162,7 @@ class RunDir:
 
     def is_done(self, name: str) -> bool:
         st = self.stage(name)
-        if not st or st.get("status") != "done":
-            return False
-        return all((self.path / e["path"]).is_file() and sha256_file(self.path / e["path"]) == e["sha256"]
-                   for e in st.get("outputs", {}).values())
+        return bool(st) and st.get("status") == "done" and not self.verify(name)
 
     def require(self, name: str) -> dict:
         st = self.stage(name)
@@ -236,14 +233,19 @@ class RunDir:
         self.save()
         return entry
 
-    def verify(self) -> list[str]:
-        """Problems with recorded outputs (missing or changed files); empty when all is whole."""
+    def verify(self, name: str | None = None) -> list[str]:
+        """Problems with the recorded outputs of stage `name` (default: every stage): a malformed
+        entry, a missing file, a changed size or sha256. Empty when all is whole."""
         problems = []
-        for name, st in self.manifest["stages"].items():
-            for key, e in st.get("outputs", {}).items():
-                p = self.path / e["path"]
-                if not p.is_file():
-                    problems.append(f"{name}.{key}: {p} is missing")
-                elif sha256_file(p) != e["sha256"]:
-                    problems.append(f"{name}.{key}: {p} changed (sha256 differs)")
+        for stage in [name] if name else list(self.manifest["stages"]):
+            for key, entry in (self.stage(stage) or {}).get("outputs", {}).items():
+                fix = f"re-run `edgekd {stage} {self.path} --force`"
+                if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or "sha256" not in entry:
+                    problems.append(f"{stage}.{key}: the manifest entry is malformed; {fix}")
+                    continue
+                f = self.path / entry["path"]
+                if not f.is_file():
+                    problems.append(f"{stage}.{key}: {f} is missing; {fix}")
+                elif f.stat().st_size != entry.get("bytes", f.stat().st_size) or sha256_file(f) != entry["sha256"]:
+                    problems.append(f"{stage}.{key}: {f} changed since the stage wrote it (sha256 differs); {fix}")
         return problems

@@ -90,3 +90,12 @@ def train_until_killed(job, data, stop_after):
             train(job, data)
     finally:
         trainer.atomic_path = real
+
+
+def one_line(excinfo, *needles):
+    """The raised error's message: a single line containing every needle."""
+    msg = str(excinfo.value)
+    assert "\n" not in msg
+    for n in needles:
+        assert n in msg, f"{n!r} not in {msg!r}"
+    return msg

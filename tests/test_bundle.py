@@ -11,6 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import one_line
 from edgekd.errors import BundleError, UsageError
 from edgekd.runtime import preprocess as pp
 from edgekd.runtime.bundle import load_bundle, model_filename, write_bundle
@@ -103,14 +104,6 @@ def write_wav(path: Path, seed=0) -> Path:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
         w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
     return path
-
-
-def one_line(excinfo, *needles):
-    msg = str(excinfo.value)
-    assert "\n" not in msg
-    for n in needles:
-        assert n in msg, f"{n!r} not in {msg!r}"
-    return msg
 
 
 def softmax(z):

@@ -21,6 +21,7 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import one_line
 from edgekd.errors import BundleError, ExportError, RecipeError, UsageError
 from edgekd.recipe import recipe_from_dict
 from edgekd.rundir import RunDir
@@ -37,14 +38,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ROOT / "export" / "targets"
 SHAPES = {"image": (1, 28, 28), "audio": (63, 40)}
 HAVE_TRT, NO_TRT_REASON = trt_env.trt_available()
-
-
-def one_line(excinfo, *needles):
-    msg = str(excinfo.value)
-    assert "\n" not in msg
-    for n in needles:
-        assert n in msg, f"{n!r} not in {msg!r}"
-    return msg
 
 
 def script_argv(script: Path) -> list[str]:
