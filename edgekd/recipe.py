@@ -164,6 +164,9 @@ class DistillConfig(Optim):
     beta_modality: float = Field(0.0, ge=0, description="Weight of the per-modality feature losses.")
     baseline: bool = Field(True, description="Also train the same student without distillation.")
     cache: bool = Field(True, description="Cache teacher outputs once per pairing instead of running it live.")
+    seed: int | None = Field(
+        None, ge=0, le=2**32 - 1, description="Seed for the students' initial weights, batch order and modality "
+        "masks (default: the recipe's seed). Vary it with one teacher to measure the KD gain across seeds.")
 
     @model_validator(mode="after")
     def _augment_needs_live_teacher(self):

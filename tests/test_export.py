@@ -12,6 +12,7 @@ from edgekd.exporting.lint import lint_onnx
 from edgekd.exporting.onnx_export import export_onnx
 from edgekd.exporting.parity import Rung, ort_session, run_rung
 from edgekd.models import create_model
+from edgekd.models.student import inference_form
 from edgekd.quant.fold import fold_batchnorm
 from edgekd.quant.int8 import calibration_batches, quantize
 from edgekd.recipe import QatConfig
@@ -104,6 +105,37 @@ def test_cpu_int8_model_is_built_from_the_quantized_student_and_agrees_with_it(t
     weights = [numpy_helper.to_array(t) for t in g.initializer if t.name.endswith("_quantized")]
     assert weights and all(np.abs(w.astype(int)).max() <= 64 for w in weights if w.dtype == np.int8)  # 7-bit
     result = run_rung(Rung("student_int8_cpu", "pytorch fake-quant", float("inf"), 0.8), quant, ort_session(out),
+                      _batches(toy, (1, 24)))
+    assert result["top1_agreement"] >= 0.8
+
+
+def test_folded_late_student_exports_fewer_nodes_and_passes_parity_against_the_unfolded_one(toy, tmp_path):
+    model = _student(toy, "late")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    plain = onnx.load(str(export_onnx(model, _example(toy), tmp_path / "plain.onnx"))).graph
+    path = export_onnx(inference_form(model), _example(toy), tmp_path / "folded.onnx")
+    folded = onnx.load(str(path)).graph
+    assert len(folded.node) < len(plain.node) and [n.op_type for n in folded.node].count("Gemm") == 1
+    result = run_rung(Rung("student_fp32", "pytorch fp32", 1e-4, 1.0), model, ort_session(path),
+                      _batches(toy, (1, 9)))
+    assert result["top1_agreement"] == 1.0 and result["max_abs_diff"] <= 1e-4
+    assert lint_onnx(path)["ok"]
+
+
+def test_cpu_int8_of_the_folded_student_writes_float_outputs_straight_from_its_gemm(toy, tmp_path):
+    quant = _quantized(toy, "late")
+    fp32 = export_onnx(inference_form(_folded_fp32(quant)), _example(toy), tmp_path / "s.onnx")
+    train = toy.split("train").inputs
+    calib = [{k: v[i : i + 16] for k, v in train.items()} for i in range(0, 48, 16)]
+    g = onnx.load(str(quantize_for_cpu(fp32, tmp_path / "cpu.onnx", calib))).graph
+    producers = {o: n for n in g.node for o in n.output}
+    split = producers["logits"]
+    assert split.op_type == "Split" and producers["embedding"] is split
+    assert producers[split.input[0]].op_type == "Gemm"  # no Q/DQ between the tail product and the outputs
+    assert producers[producers[split.input[0]].input[0]].op_type == "DequantizeLinear"  # its input is INT8
+    result = run_rung(Rung("student_int8_cpu", "pytorch fake-quant", float("inf"), 0.8), quant, ort_session(tmp_path / "cpu.onnx"),
                       _batches(toy, (1, 24)))
     assert result["top1_agreement"] >= 0.8
 

@@ -6,6 +6,7 @@ from edgekd.data.base import ModalitySpec
 from edgekd.errors import CheckpointError, RecipeError
 from edgekd.models import count_flops, count_params, create_model, get_entry, list_models
 from edgekd.models.io import load_model_dir, save_model
+from edgekd.models.student import inference_form
 
 MODS = {
     "image": ModalitySpec("image", "image", (1, 28, 28)),
@@ -57,6 +58,32 @@ def test_late_fusion_without_a_mask_equals_an_all_ones_mask():
     s = create_model("fusion_tiny", "student", modalities=MODS, num_classes=4, fusion="late").eval()
     plain, ones = s(_batch()), s(_batch(), keep=torch.ones(3, 4))
     assert torch.allclose(plain.logits, ones.logits, atol=1e-6) and torch.allclose(plain.features, ones.features)
+
+
+@pytest.mark.parametrize("mods", [MODS, {k: MODS[k] for k in ("image", "audio")}, {"vector": MODS["vector"]}],
+                         ids=["four", "image+audio", "one"])
+def test_folded_late_student_gives_the_same_outputs_in_one_tail_product(mods):
+    s = create_model("fusion_lean", "student", modalities=mods, num_classes=4, fusion="late").eval()
+    with torch.no_grad():  # trained-looking weights: the default init leaves biases small
+        for p in s.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    folded = inference_form(s)
+    x = _batch(mods=mods)
+    a, b = s(x), folded(x)
+    assert torch.allclose(a.logits, b.logits, atol=1e-5) and torch.allclose(a.features, b.features, atol=1e-5)
+    assert a.logits.abs().max() > 0.1  # not a trivially zero comparison
+    assert [m for m in folded.modules() if isinstance(m, torch.nn.Linear) and m not in set(s.modules())] == [folded.tail]
+    with torch.no_grad():  # the fold is a snapshot: later training of the student does not reach it
+        s.fuse.heads[0].bias.add_(1.0)
+    assert not torch.allclose(s(x).logits, folded(x).logits)
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gated", "attention"])
+def test_only_late_fusion_folds(fusion):
+    s = create_model("fusion_tiny", "student", modalities=MODS, num_classes=4, fusion=fusion)
+    assert inference_form(s) is s
+    teacher = _tiny_teacher("late")
+    assert inference_form(teacher) is teacher  # teachers export as they are
 
 
 def test_lean_student_does_less_work_with_stride_2_stems():

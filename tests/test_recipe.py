@@ -1,5 +1,6 @@
 """Recipe schema: strict keys, field paths, did-you-mean, --set overrides, safe YAML."""
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -118,3 +119,18 @@ def test_modality_names_are_checked_before_any_stage_runs():
     assert "recipe.student.modalities" in msg and "did you mean 'audio'" in msg
     msg = _err({**BASE, "teacher": {"encoders": {"imag": {"pretrained": "/x"}}}})
     assert "recipe.teacher.encoders" in msg and "'image'" in msg
+
+
+def test_distill_seed_reruns_distill_on_the_same_teacher_and_changes_the_students_start(toy):
+    from edgekd.recipe import first_changed_stage
+    from edgekd.stages.distill import build_student
+
+    base = load_recipe(ROOT / "recipes" / "tiny.yaml")
+    same = load_recipe(ROOT / "recipes" / "tiny.yaml", ["distill.seed=0"])  # = the recipe seed
+    other = load_recipe(ROOT / "recipes" / "tiny.yaml", ["distill.seed=7"])
+    assert first_changed_stage(base, other) == "distill"  # the teacher (and its cache) are kept
+    names = list(toy.modalities)
+    weights = [next(iter(build_student(r, toy, names)[0].parameters())).detach().clone() for r in (base, same, other)]
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+    with pytest.raises(RecipeError, match="distill.seed"):
+        load_recipe(ROOT / "recipes" / "tiny.yaml", ["distill.seed=-1"])

@@ -53,12 +53,24 @@ def quantize_for_cpu(fp32: Path, out: Path, batches: list[dict[str, np.ndarray]]
     with tempfile.TemporaryDirectory() as tmp, atomic_path(out) as dest, contextlib.redirect_stdout(io.StringIO()):
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        # a Split whose outputs are the model's outputs (the folded late-fusion tail) stays float:
+        # quantized it costs a DequantizeLinear per output, unquantized QGemm writes float itself
+        import onnx
+
+        graph = onnx.load(str(pre)).graph
+        outputs = {o.name for o in graph.output}
+        keep_float = [n.name for n in graph.node if n.op_type == "Split" and set(n.output) <= outputs]
+        extra = {"WeightSymmetric": True, "ActivationSymmetric": False}
+        consumers = {t: [n.name for n in graph.node if t in n.input] for n in graph.node for t in n.output}
+        gemms = [n for n in graph.node if n.op_type == "Gemm"]
+        if keep_float and all(set(consumers[g.output[0]]) <= set(keep_float) for g in gemms):
+            extra["OpTypesToExcludeOutputQuantization"] = ["Gemm"]  # and no DequantizeLinear before the Split
         try:
             # u8 activations / s8 weights is the x86 fast path; symmetric per-channel 7-bit weights (above)
             quantize_static(str(pre), str(dest), _Reader(batches), quant_format=QuantFormat.QDQ, per_channel=True,
                             reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=methods[method],
-                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+                            calibrate_method=methods[method], nodes_to_exclude=keep_float,
+                            extra_options=extra)
         except Exception as e:
             raise ExportError(f"onnxruntime static quantization of {fp32.name} failed ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e

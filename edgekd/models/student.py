@@ -30,9 +30,16 @@ class ConvEncoder(nn.Module):
         self.body = nn.Sequential(*layers)
         self.out = nn.Linear(c, dim)
 
-    def forward(self, x):  # (B, C, H, W)
+    def features(self, x):  # (B, C, H, W) -> (B, c), before the projection
         # global pooling (not .mean: ReduceMean) so onnxruntime runs it as an INT8 kernel in NHWC
-        return self.out(nn.functional.adaptive_avg_pool2d(self.body(x), 1).flatten(1))  # (B, dim)
+        return nn.functional.adaptive_avg_pool2d(self.body(x), 1).flatten(1)
+
+    @property
+    def proj(self) -> nn.Linear:
+        return self.out
+
+    def forward(self, x):
+        return self.out(self.features(x))  # (B, dim)
 
 
 def _conv1d_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -55,8 +62,15 @@ class AudioEncoder(nn.Module):
         self.body = nn.Sequential(*layers)
         self.out = nn.Linear(c, dim)
 
-    def forward(self, x):  # (B, T, n_mels)
-        return self.out(nn.functional.adaptive_avg_pool1d(self.body(x.transpose(1, 2)), 1).flatten(1))  # (B, dim)
+    def features(self, x):  # (B, T, n_mels) -> (B, c), before the projection
+        return nn.functional.adaptive_avg_pool1d(self.body(x.transpose(1, 2)), 1).flatten(1)
+
+    @property
+    def proj(self) -> nn.Linear:
+        return self.out
+
+    def forward(self, x):
+        return self.out(self.features(x))  # (B, dim)
 
 
 class TextEncoder(nn.Module):
@@ -67,15 +81,29 @@ class TextEncoder(nn.Module):
         self.emb = nn.Embedding(vocab, dim, padding_idx=0)
         self.out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
 
-    def forward(self, ids):  # (B, L) int64, 0 = padding
+    def features(self, ids):  # (B, L) int64, 0 = padding
         mask = (ids != 0).float()[..., None]
-        return self.out((self.emb(ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+        return self.out[0]((self.emb(ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+
+    @property
+    def proj(self) -> nn.Linear:
+        return self.out[1]
+
+    def forward(self, ids):
+        return self.out[1](self.features(ids))
 
 
 class VectorEncoder(nn.Module):
     def __init__(self, n: int, dim: int):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(n, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
+
+    def features(self, x):
+        return self.net[1](self.net[0](x))
+
+    @property
+    def proj(self) -> nn.Linear:
+        return self.net[2]
 
     def forward(self, x):
         return self.net(x)
@@ -182,6 +210,47 @@ class FusedStudent(nn.Module):
         embs = torch.stack([per[n] for n in self.names], dim=1)  # (B, M, D)
         fused = self.fuse(embs, keep)  # (B, D)
         return ModelOutput(self.head(fused), fused, per)
+
+
+class FoldedLateStudent(nn.Module):
+    """A late-fusion student for inference, its linear tail folded into one matrix product.
+
+    Trained, the tail is per modality: projection `out_i`, vote `head_i`, then sums. Both are
+    linear in the pooled features p_i, so logits = sum_i head_i(out_i(p_i)) and embedding =
+    mean_i out_i(p_i) are one Linear over concat(p_i) whose rows are [head_i . out_i] and
+    [out_i / M]. Same outputs to float rounding, 3 kernels instead of 2M + 3: at batch 1 on a CPU
+    this student is bound by kernel launches, not arithmetic (see README: CPU INT8 latency).
+    Export only; training and the TensorRT QDQ model (whose quantizers belong to each Linear) use
+    the unfolded student."""
+
+    def __init__(self, student: "FusedStudent"):
+        super().__init__()
+        if not student.late:
+            raise ValueError("only a late-fusion student folds")
+        self.names, self.encoders, self.embed_dim = student.names, student.encoders, student.embed_dim
+        m, rows_logits, rows_emb, b_logits, b_emb = len(self.names), [], [], 0.0, 0.0
+        with torch.no_grad():
+            for name, head in zip(self.names, student.fuse.heads):
+                proj = self.encoders[name].proj
+                rows_logits.append(head.weight @ proj.weight)
+                rows_emb.append(proj.weight / m)
+                b_logits = b_logits + head.weight @ proj.bias + head.bias
+                b_emb = b_emb + proj.bias / m
+            self.num_classes = rows_logits[0].shape[0]
+            weight = torch.cat([torch.cat(rows_logits, 1), torch.cat(rows_emb, 1)], 0)
+            self.tail = nn.Linear(weight.shape[1], weight.shape[0])
+            self.tail.weight.copy_(weight)
+            self.tail.bias.copy_(torch.cat([b_logits, b_emb]))
+
+    def forward(self, inputs: dict[str, torch.Tensor], keep: torch.Tensor | None = None) -> ModelOutput:
+        pooled = torch.cat([self.encoders[n].features(inputs[n]) for n in self.names], dim=1)
+        logits, fused = torch.split(self.tail(pooled), [self.num_classes, self.embed_dim], dim=1)
+        return ModelOutput(logits, fused, {})
+
+
+def inference_form(model: nn.Module) -> nn.Module:
+    """What the export stage writes to ONNX for `model`: late-fusion students folded, others as they are."""
+    return FoldedLateStudent(model) if isinstance(model, FusedStudent) and model.late else model
 
 
 def _preset(default_width: int, default_depth: int, dim: int, stem_stride: int):

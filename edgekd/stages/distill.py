@@ -30,11 +30,15 @@ def student_modalities(recipe, data) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
+def distill_seed(recipe) -> int:
+    return recipe.seed if recipe.distill.seed is None else recipe.distill.seed
+
+
 def build_student(recipe, data, names):
     s = recipe.student
     options = {"fusion": s.fusion, "width": s.width, "depth": s.depth}
     specs = {n: data.modalities[n] for n in names}
-    torch.manual_seed(recipe.seed)  # the KD student and the baseline start from the same weights
+    torch.manual_seed(distill_seed(recipe))  # the KD student and the baseline start from the same weights
     return create_model(s.name, "student", modalities=specs, num_classes=len(data.classes), **options), options, specs
 
 
@@ -43,7 +47,7 @@ def _fit_student(run, recipe, data, names, label, targets, resume, progress, kd:
 
     student, options, specs = build_student(recipe, data, names)
     d = recipe.distill
-    job = Job(student, names, d, recipe.seed, run.stage_dir("distill") / label / "checkpoint.pt", label,
+    job = Job(student, names, d, distill_seed(recipe), run.stage_dir("distill") / label / "checkpoint.pt", label,
               fingerprint=fingerprint)
     if kd:
         dim_s, dim_t = student.embed_dim, targets.teacher.embed_dim
