@@ -49,34 +49,37 @@ def bare_p50(path: Path, inputs: dict, seconds: float = 3.0) -> float:
     return float(np.percentile(np.asarray(times) * 1000, 50))
 
 
-def slower_bundle(bundle: Path, dest: Path, width: int) -> Path:
-    """A copy of the bundle whose student FP32 is a wider student of the same design."""
+def slower_bundle(bundle: Path, dest: Path, width: int, student: str = "fusion_lean") -> Path:
+    """A copy of the bundle whose student FP32 is a wider student of the same design, exported in
+    the same (folded) form."""
     import torch
 
     from edgekd.exporting.onnx_export import export_onnx
     from edgekd.models import create_model
+    from edgekd.models.student import inference_form
     from edgekd.runtime.bundle import load_bundle, write_bundle
     from edgekd.data.base import ModalitySpec
 
     b = load_bundle(bundle)
     specs = {i["name"]: ModalitySpec(i["name"], i["kind"], tuple(i["shape"][1:]), i["dtype"]) for i in b.io_spec["inputs"]}
     torch.manual_seed(0)
-    wide = create_model("fusion_small", "student", modalities=specs, num_classes=len(b.labels), fusion="late",
-                        width=width).eval()
+    wide = inference_form(create_model(student, "student", modalities=specs, num_classes=len(b.labels),
+                                       fusion="late", width=width).eval())
     onnx_path = export_onnx(wide, {k: torch.zeros((1, *s.shape)) for k, s in specs.items()}, dest / "wide.onnx")
     return write_bundle(dest / "bundle", name="wide", models={MODEL: {k: v for k, v in b.models[MODEL].items() if k != "file"}},
                         model_files={MODEL: onnx_path}, io_spec=b.io_spec, preprocess=b.preprocess, labels=b.labels,
                         extra_files={"testset.npz": bundle / "testset.npz"})
 
 
-def pick_width(bundle: Path, work: Path, inputs: dict, target: float = 1.2) -> tuple[int, float]:
-    """The width (13..24) whose FP32 student runs closest to `target` x the bundle's, bare loops."""
+def pick_width(bundle: Path, work: Path, inputs: dict, student: str, base_width: int,
+               target: float = 1.2) -> tuple[int, float]:
+    """The width (base+1 .. base+12) whose FP32 student runs closest to `target` x the bundle's, bare loops."""
     from edgekd.runtime.bundle import load_bundle
 
     base = load_bundle(bundle).model_path(MODEL)
     best = None
-    for width in range(13, 25):
-        wide = load_bundle(slower_bundle(bundle, work / f"w{width}", width)).model_path(MODEL)
+    for width in range(base_width + 1, base_width + 13):
+        wide = load_bundle(slower_bundle(bundle, work / f"w{width}", width, student)).model_path(MODEL)
         ratios = [bare_p50(wide, inputs, 1.0) / bare_p50(base, inputs, 1.0) for _ in range(3)]
         ratio = float(np.median(ratios))
         print(f"width {width}: {ratio:.3f}x", flush=True)
@@ -89,8 +92,10 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("bundle", type=Path)
     ap.add_argument("--runs", type=int, default=20)
-    ap.add_argument("--width", default="auto", help="width of the slower student (the default student's is 12), "
-                    "or auto: the width closest to 20%% slower")
+    ap.add_argument("--student", default="fusion_lean", help="the bundle student's preset (the default recipe's)")
+    ap.add_argument("--base-width", type=int, default=16, help="the bundle student's width (the default recipe's)")
+    ap.add_argument("--width", default="auto", help="width of the slower student, or auto: the width closest to "
+                    "20%% slower")
     ap.add_argument("--pairs", type=int, default=5, help="alternations of bare loop and bench for the overhead")
     ap.add_argument("--modes", default="separate,interleaved",
                     help="regression gate baselines to test: separate (an earlier bench), interleaved (same run)")
@@ -124,11 +129,11 @@ def main() -> int:
                       "backend: onnxruntime-cpu, batch: 1, metric: p50_ms, max_slowdown: 0.10}\n")
     _, baseline = bench(args.bundle, work / "baseline")
     if args.width == "auto":
-        width, ratio = pick_width(args.bundle, work, one)
+        width, ratio = pick_width(args.bundle, work, one, args.student, args.base_width)
         report["slower_width"] = {"width": width, "bare_p50_ratio": round(ratio, 3)}
     else:
         width = int(args.width)
-    wide = slower_bundle(args.bundle, work / "wide", width)
+    wide = slower_bundle(args.bundle, work / "wide", width, args.student)
     for mode in args.modes.split(","):  # baseline bench taken earlier vs measured in the same run
         codes = {"unchanged": [], "slower": []}
         slow_ratio = []

@@ -219,6 +219,7 @@ def test_bench_json_markdown_and_plots(tmp_path):
     assert any(q["kind"] == "int8_vs_fp32" and 1.4 < q["value"] < 1.6 for q in bench["ratios"])
 
     md = to_markdown(bench)
+    assert "| student_int8_cpu vs teacher_fp32 (onnxruntime-cpu, batch 1) |" in md and "paired rounds |" in md
     header = next(line for line in md.splitlines() if line.startswith("| model"))
     assert all(c in header for c in COLUMNS)
     files = write_outputs(bench, tmp_path / "out")
@@ -492,3 +493,26 @@ def test_bench_a_bundle_without_torch(tmp_path):
     assert bench["settings"]["test_data"] == "bundle/testset.npz"
     assert bench["machine_peak_gflops"]["cpu"] > 0
     assert (tmp_path / "out" / "bench.md").is_file() and (tmp_path / "out" / "latency_accuracy.png").is_file()
+
+
+def test_bench_ratios_pair_rounds_on_one_backend_so_shared_drift_cancels():
+    from edgekd.benchmark.results import ratios
+
+    # every third round the whole machine is 3x slower: both models see it in the same round
+    slow = np.array([3.0 if i % 3 == 0 else 1.0 for i in range(300)])
+    student, teacher = 0.05 * slow, 1.0 * slow
+    teacher[1::3] *= 1.0 + 1e-3 * np.arange(100)  # and the teacher drifts apart from it
+    recs = [{"model": "student_int8_cpu", "backend": "onnxruntime-cpu", "batch": 1, "samples": 300,
+             "latencies_ms": list(student), "meta": {}},
+            {"model": "teacher_fp32", "backend": "onnxruntime-cpu", "batch": 1, "samples": 300,
+             "latencies_ms": list(teacher), "meta": {}},
+            {"model": "teacher_fp32", "backend": "torch-cpu", "batch": 1, "samples": 300,
+             "latencies_ms": list(teacher * 4), "meta": {}}]
+    out = {q["name"]: q for q in ratios(recs)}
+    paired = out["student_int8_cpu vs teacher_fp32 (onnxruntime-cpu, batch 1)"]
+    assert "per-round" in paired["metric"]
+    per_round = np.sort(teacher / student)
+    assert paired["value"] == pytest.approx(np.median(per_round))
+    assert paired["ci"][0] <= paired["value"] <= paired["ci"][1] and paired["ci"][1] - paired["ci"][0] < 1.0
+    across = out["teacher_fp32 vs teacher_fp32 (torch-cpu vs onnxruntime-cpu, batch 1)"]
+    assert "baseline p50 / model p50" in across["metric"]  # other backends: not paired

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.benchmark.harness import Result
-from edgekd.benchmark.stats import all_cis, ratio_ci, summarize
+from edgekd.benchmark.stats import all_cis, paired_ratio_ci, ratio_ci, summarize
 from edgekd.errors import UsageError
 
 SCHEMA, VERSION = "edgekd.bench", 1
@@ -41,8 +41,13 @@ def result_record(r: Result, peak: dict, confidence: float = 0.95) -> dict:
     return rec
 
 
-def speedup(model_ms, baseline_ms, confidence: float = 0.95) -> tuple[float, float | None, float | None]:
-    """How many times faster `model` is than `baseline` at the median: p50(baseline) / p50(model)."""
+def speedup(model_ms, baseline_ms, confidence: float = 0.95,
+            paired: bool = False) -> tuple[float, float | None, float | None]:
+    """How many times faster `model` is than `baseline` at the median: p50(baseline) / p50(model);
+    `paired` (both timed in the same rounds): the median of the per-round ratios, as `edgekd gate`
+    decides it, so drift shared by a round cancels."""
+    if paired and len(model_ms) == len(baseline_ms) and min(model_ms) > 0:
+        return paired_ratio_ci(baseline_ms, model_ms, 0.5, confidence)
     return ratio_ci(baseline_ms, model_ms, 0.5, confidence)
 
 
@@ -69,12 +74,16 @@ def ratios(records: list[dict], confidence: float = 0.95) -> list[dict]:
     for kind, a, b in pairs:
         if b is None:
             continue
-        value, lo, hi = speedup(a["latencies_ms"], b["latencies_ms"], confidence)
+        # one bench times a batch size's targets in the same interleaved rounds; paired on one backend
+        paired = a["backend"] == b["backend"] and len(a["latencies_ms"]) == len(b["latencies_ms"])
+        value, lo, hi = speedup(a["latencies_ms"], b["latencies_ms"], confidence, paired)
         where = (f"{a['backend']}, batch {a['batch']}" if a["backend"] == b["backend"]
                  else f"{a['backend']} vs {b['backend']}, batch {a['batch']}")
         out.append({"name": f"{a['model']} vs {b['model']} ({where})", "kind": kind, "model": a["model"],
                     "backend": a["backend"], "baseline_model": b["model"], "baseline_backend": b["backend"],
-                    "batch": a["batch"], "metric": "p50 speedup (baseline p50 / model p50)", "value": value,
+                    "batch": a["batch"], "value": value,
+                    "metric": "p50 speedup (median of per-round baseline/model ratios)" if paired
+                    else "p50 speedup (baseline p50 / model p50)",
                     "ci": [lo, hi]})
     return out
 
@@ -136,8 +145,10 @@ def to_markdown(bench: dict) -> str:
         lines.append("| " + " | ".join(_f(r.get(c)) for c in COLUMNS) +
                      f" | [{_f(ci[0])}, {_f(ci[1])}] | {pct} | {r['samples']}{flag} |")
     if bench.get("ratios"):
-        lines += ["", "| comparison | p50 speedup | CI |", "|---|---|---|"]
-        lines += [f"| {q['name']} | {q['value']:.2f}x | [{_f(q['ci'][0])}, {_f(q['ci'][1])}] |" for q in bench["ratios"]]
+        lines += ["", "| comparison | p50 speedup | CI | how |", "|---|---|---|---|"]
+        lines += [f"| {q['name']} | {q['value']:.2f}x | [{_f(q['ci'][0])}, {_f(q['ci'][1])}] | "
+                  f"{'paired rounds' if 'per-round' in q.get('metric', '') else 'ratio of p50s'} |"
+                  for q in bench["ratios"]]
     skipped = [r for r in bench["results"] if r.get("skipped")]
     if skipped:
         lines += ["", "Not measured:", ""] + [f"- {r['model']} on {r['backend']} (batch {r['batch']}): {r['skipped']}"
