@@ -41,6 +41,24 @@ class _Reader:
         self._it = iter(self.batches)
 
 
+def _float_tail(model: Path) -> tuple[list[str], dict]:
+    """(nodes to leave float, quantize_static extra options). A Split whose outputs are the model's
+    outputs (the folded late-fusion tail) stays float: quantized, it costs a DequantizeLinear per
+    output. When every Gemm feeds only such a Split, Gemm outputs stay float too, so QGemm writes
+    float itself and no DequantizeLinear runs before the Split."""
+    import onnx
+
+    graph = onnx.load(str(model)).graph
+    outputs = {o.name for o in graph.output}
+    keep_float = [n.name for n in graph.node if n.op_type == "Split" and set(n.output) <= outputs]
+    extra = {"WeightSymmetric": True, "ActivationSymmetric": False}
+    consumers = {t: {n.name for n in graph.node if t in n.input} for n in graph.node for t in n.output}
+    gemms = [n for n in graph.node if n.op_type == "Gemm"]
+    if keep_float and all(consumers[g.output[0]] <= set(keep_float) for g in gemms):
+        extra["OpTypesToExcludeOutputQuantization"] = ["Gemm"]
+    return keep_float, extra
+
+
 def quantize_for_cpu(fp32: Path, out: Path, batches: list[dict[str, np.ndarray]], method: str = "minmax") -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -53,18 +71,7 @@ def quantize_for_cpu(fp32: Path, out: Path, batches: list[dict[str, np.ndarray]]
     with tempfile.TemporaryDirectory() as tmp, atomic_path(out) as dest, contextlib.redirect_stdout(io.StringIO()):
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        # a Split whose outputs are the model's outputs (the folded late-fusion tail) stays float:
-        # quantized it costs a DequantizeLinear per output, unquantized QGemm writes float itself
-        import onnx
-
-        graph = onnx.load(str(pre)).graph
-        outputs = {o.name for o in graph.output}
-        keep_float = [n.name for n in graph.node if n.op_type == "Split" and set(n.output) <= outputs]
-        extra = {"WeightSymmetric": True, "ActivationSymmetric": False}
-        consumers = {t: [n.name for n in graph.node if t in n.input] for n in graph.node for t in n.output}
-        gemms = [n for n in graph.node if n.op_type == "Gemm"]
-        if keep_float and all(set(consumers[g.output[0]]) <= set(keep_float) for g in gemms):
-            extra["OpTypesToExcludeOutputQuantization"] = ["Gemm"]  # and no DequantizeLinear before the Split
+        keep_float, extra = _float_tail(pre)
         try:
             # u8 activations / s8 weights is the x86 fast path; symmetric per-channel 7-bit weights (above)
             quantize_static(str(pre), str(dest), _Reader(batches), quant_format=QuantFormat.QDQ, per_channel=True,
