@@ -419,6 +419,18 @@ def test_report_renders_from_a_recorded_run_directory(tmp_path):
     assert "-0.4 pt" in text  # ONNX CPU INT8 (94.5%) vs the FP32 student (94.9%)
 
 
+def test_report_recomputes_speedups_from_the_recorded_calls(tmp_path):
+    run = recorded_run(tmp_path)
+    path = run.path / "bench" / "20250101-000000" / "bench.json"
+    bench = json.loads(path.read_text())
+    for q in bench["ratios"]:  # as a bench written before the paired ratios (or tampered with) has them
+        q.update(value=1.0, ci=[0.9, 1.1], metric="p50 speedup (baseline p50 / model p50)")
+    path.write_text(json.dumps(bench))
+    line = next(x for x in render_report(run.path).read_text().splitlines()
+                if x.startswith("| student_int8_cpu vs teacher_fp32 (onnxruntime-cpu, batch 1) |"))
+    assert line.endswith("| paired rounds |") and "| 1.00x |" not in line
+
+
 def test_report_says_not_run_for_missing_stages(tmp_path):
     run = recorded_run(tmp_path, stages=("teacher",))
     text = render_report(run.path).read_text()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from edgekd.benchmark.results import load_bench, plots, to_markdown
+from edgekd.benchmark.results import load_bench, plots, ratios, to_markdown
 from edgekd.errors import UsageError
 from edgekd.rundir import RunDir, atomic_write_text
 
@@ -137,6 +137,9 @@ def newest_bench(run: RunDir) -> Path | None:
 def _latency_section(run: RunDir, bench_path: Path | None, bench: dict | None, out_dir: Path) -> list[str]:
     if bench is None:
         return ["## Latency", "", f"Bench {NOT_RUN}: `edgekd bench {run.path}` measures every model.", ""]
+    if all(r.get("latencies_ms") for r in bench["results"] if r.get("samples")):
+        # recomputed from every recorded call, so a bench written before the paired ratios reads like a new one
+        bench = {**bench, "ratios": ratios(bench["results"], bench.get("confidence", 0.95))}
     table = to_markdown(bench).split("\n", 2)[2]  # its own title would be a second H1
     pngs = [bench_path.parent / n for n in ("latency_accuracy.png", "latency_distribution.png")]
     if not all(p.is_file() for p in pngs):
