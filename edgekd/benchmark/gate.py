@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from edgekd.benchmark.stats import QUANTILES, mean_ci, paired_ratio_ci, percentile, quantile_ci, ratio_ci
+from edgekd.benchmark.stats import QUANTILES, mean_ci, percentile, quantile_ci, quantile_ratio
 from edgekd.errors import UsageError
 from edgekd.recipe import Strict, suggest
 
@@ -149,13 +149,9 @@ def _latencies(rec: dict, where: str) -> list:
 
 
 def _ratio(num: dict, den: dict, p: float, conf: float, same_run: bool) -> tuple[float, float | None, float | None, str]:
-    """The ratio of two results' p-quantiles; for p50 of two results timed in the same interleaved
-    rounds on one backend (shared drift), the median of the per-round ratios instead."""
+    """The ratio of two results' p-quantiles, paired where they shared rounds (one run, one backend)."""
     a, b = _latencies(num, "bench"), _latencies(den, "baseline" if not same_run else "bench")
-    paired = same_run and p == 0.5 and len(a) == len(b) and num["backend"] == den["backend"] and min(b) > 0
-    if paired:
-        return (*paired_ratio_ci(a, b, p, conf), "median of per-round ratios")
-    return (*ratio_ci(a, b, p, conf), "ratio of quantiles")
+    return quantile_ratio(a, b, p, conf, same_run and num["backend"] == den["backend"])
 
 
 def _g(v) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.benchmark.harness import Result
-from edgekd.benchmark.stats import all_cis, paired_ratio_ci, ratio_ci, summarize
+from edgekd.benchmark.stats import PAIRED, all_cis, quantile_ratio, summarize
 from edgekd.errors import UsageError
 
 SCHEMA, VERSION = "edgekd.bench", 1
@@ -42,13 +42,10 @@ def result_record(r: Result, peak: dict, confidence: float = 0.95) -> dict:
 
 
 def speedup(model_ms, baseline_ms, confidence: float = 0.95,
-            paired: bool = False) -> tuple[float, float | None, float | None]:
-    """How many times faster `model` is than `baseline` at the median: p50(baseline) / p50(model);
-    `paired` (both timed in the same rounds): the median of the per-round ratios, as `edgekd gate`
-    decides it, so drift shared by a round cancels."""
-    if paired and len(model_ms) == len(baseline_ms) and min(model_ms) > 0:
-        return paired_ratio_ci(baseline_ms, model_ms, 0.5, confidence)
-    return ratio_ci(baseline_ms, model_ms, 0.5, confidence)
+            paired: bool = False) -> tuple[float, float | None, float | None, str]:
+    """How many times faster `model` is than `baseline` at the median, and how it was computed:
+    `paired` (both timed in the same rounds) as `edgekd gate` decides it, else p50(baseline) / p50(model)."""
+    return quantile_ratio(baseline_ms, model_ms, 0.5, confidence, paired)
 
 
 def _source(rec: dict) -> str:
@@ -75,8 +72,8 @@ def ratios(records: list[dict], confidence: float = 0.95) -> list[dict]:
         if b is None:
             continue
         # one bench times a batch size's targets in the same interleaved rounds; paired on one backend
-        paired = a["backend"] == b["backend"] and len(a["latencies_ms"]) == len(b["latencies_ms"])
-        value, lo, hi = speedup(a["latencies_ms"], b["latencies_ms"], confidence, paired)
+        value, lo, hi, how = speedup(a["latencies_ms"], b["latencies_ms"], confidence, a["backend"] == b["backend"])
+        paired = how == PAIRED
         where = (f"{a['backend']}, batch {a['batch']}" if a["backend"] == b["backend"]
                  else f"{a['backend']} vs {b['backend']}, batch {a['batch']}")
         out.append({"name": f"{a['model']} vs {b['model']} ({where})", "kind": kind, "model": a["model"],

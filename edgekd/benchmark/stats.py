@@ -141,3 +141,15 @@ def paired_ratio_ci(num, den, p: float = 0.5, confidence: float = 0.95) -> tuple
     r = np.sort(a / b)
     lo, hi = quantile_ci(r, p, confidence, sorted_x=True)
     return float(np.percentile(r, 100 * p, method="linear")), lo, hi
+
+
+PAIRED, UNPAIRED = "median of per-round ratios", "ratio of quantiles"
+
+
+def quantile_ratio(num, den, p: float, confidence: float, same_rounds: bool) -> tuple[float, float | None, float | None, str]:
+    """(estimate, lo, hi, method) for num over den at quantile p: paired (`paired_ratio_ci`) when
+    the two were timed in the same rounds (`same_rounds`, equal lengths, the median), else
+    `ratio_ci`. The one rule `edgekd gate` decides on and `edgekd bench` reports with."""
+    if same_rounds and p == 0.5 and len(num) == len(den) and min(den) > 0:
+        return (*paired_ratio_ci(num, den, p, confidence), PAIRED)
+    return (*ratio_ci(num, den, p, confidence), UNPAIRED)
