@@ -22,15 +22,16 @@ import numpy as np
 
 from edgekd.benchmark.bench import run_bench
 from edgekd.benchmark.gate import gate
-from edgekd.exporting.parity import ort_session
+from edgekd.runtime.runner import OrtRunner
 
 MODEL = "student_fp32"
 FAST = {"min_seconds": 3.0, "max_seconds": 10.0}
 
 
 def bench(bundle: Path, out: Path, baseline: Path | None = None) -> tuple[dict, Path]:
-    return run_bench(bundle, batches=[1], threads=1, backends=["onnxruntime-cpu"], models=[MODEL], out=out,
-                     record=False, baseline=baseline, **FAST)
+    result, files = run_bench(bundle, batches=[1], threads=1, backends=["onnxruntime-cpu"], models=[MODEL], out=out,
+                              baseline=baseline, **FAST)
+    return result, files["json"]
 
 
 def p50(b: dict) -> float:
@@ -38,7 +39,7 @@ def p50(b: dict) -> float:
 
 
 def bare_p50(path: Path, inputs: dict, seconds: float = 3.0) -> float:
-    s = ort_session(path)
+    s = OrtRunner(path).session
     for _ in range(50):
         s.run(None, inputs)
     times, end = [], time.perf_counter() + seconds
@@ -54,11 +55,11 @@ def slower_bundle(bundle: Path, dest: Path, width: int, student: str = "fusion_l
     the same (folded) form."""
     import torch
 
+    from edgekd.data.base import ModalitySpec
     from edgekd.exporting.onnx_export import export_onnx
     from edgekd.models import create_model
     from edgekd.models.student import inference_form
     from edgekd.runtime.bundle import load_bundle, write_bundle
-    from edgekd.data.base import ModalitySpec
 
     b = load_bundle(bundle)
     specs = {i["name"]: ModalitySpec(i["name"], i["kind"], tuple(i["shape"][1:]), i["dtype"]) for i in b.io_spec["inputs"]}

@@ -23,9 +23,9 @@ from edgekd.benchmark.runners import load_testset
 from edgekd.data.base import ModalitySpec
 from edgekd.exporting.cpu_int8 import quantize_for_cpu
 from edgekd.exporting.onnx_export import export_onnx
-from edgekd.exporting.parity import ort_session
 from edgekd.models.student import FusedStudent, inference_form
 from edgekd.runtime.bundle import load_bundle
+from edgekd.runtime.runner import OrtRunner
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
     inputs, _ = load_testset(a.bundle / "testset.npz")
     one = {k: inputs[k][:1] for k in specs}
     calib = [{k: inputs[k][i : i + 64] for k in specs} for i in range(0, 256, 64)]
-    sessions = {"teacher": ort_session(bundle.model_path("teacher_fp32"))}
+    sessions = {"teacher": OrtRunner(bundle.model_path("teacher_fp32")).session}
     with tempfile.TemporaryDirectory() as tmp:
         for shape in a.shapes:
             width, depth, stride = (int(x) for x in shape.split(","))
@@ -51,8 +51,8 @@ def main() -> None:
             model = model if a.unfolded else inference_form(model)
             example = {k: torch.from_numpy(v[:2]) for k, v in inputs.items() if k in specs}
             fp32 = export_onnx(model, example, Path(tmp) / f"{shape}.fp32.onnx")
-            sessions[f"{shape} fp32"] = ort_session(fp32)
-            sessions[f"{shape} int8"] = ort_session(quantize_for_cpu(fp32, Path(tmp) / f"{shape}.int8.onnx", calib))
+            sessions[f"{shape} fp32"] = OrtRunner(fp32).session
+            sessions[f"{shape} int8"] = OrtRunner(quantize_for_cpu(fp32, Path(tmp) / f"{shape}.int8.onnx", calib)).session
         times = {k: [] for k in sessions}
         for _ in range(a.rounds):
             for key, s in sessions.items():

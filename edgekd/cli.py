@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from edgekd import stages
 from edgekd.errors import EdgekdError, UsageError
 
 app = typer.Typer(context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=True,
@@ -43,43 +45,38 @@ def _single_process(command: str) -> None:
 
 
 def _stage(stage: str, target, run_dir, data_root, sets, resume, force, quiet):
-    from edgekd.pipeline import open_run, run_stage, summary_line
+    from edgekd import stages
+    from edgekd.pipeline import run_stage, session
 
-    run = open_run(target, run_dir, sets, force=force)
-    with _progress(quiet) as bar:
+    with session(target, run_dir, sets, force=force, echo=typer.echo) as run, _progress(quiet) as bar:
         metrics = run_stage(run, stage, data_root=data_root, resume=resume, progress=bar)
     if metrics is None:  # a torchrun rank other than 0 on a single-process stage
         return
-    typer.echo(summary_line(stage, metrics))
+    typer.echo(stages.get(stage).summary(metrics))
     typer.echo(f"run directory: {run.path}")
 
 
 @app.command()
-def run(target: Target, until: Annotated[str, typer.Option("--until", help="Last stage to run.")] = "bench",
+def run(target: Target, until: Annotated[str, typer.Option("--until", help="Last stage to run (" + " -> ".join(stages.NAMES) + ").")] = stages.NAMES[-1],
         run_dir: RunDirOpt = None, data_root: DataRoot = None, set_: Sets = None, resume: Resume = False,
         force: Force = False, quiet: Quiet = False):
     """Run the pipeline (teacher -> distill -> qat -> export -> build -> bench) for a recipe; finished stages are kept unless --force."""
-    from edgekd.pipeline import check_until, open_run, run_pipeline
+    from edgekd.pipeline import check_until, run_pipeline, session
 
     check_until(until)  # before anything is created on disk
-    run_ = open_run(target, run_dir, set_, force=force)
-    with _progress(quiet) as bar:
+    with session(target, run_dir, set_, force=force, echo=typer.echo) as run_, _progress(quiet) as bar:
         run_pipeline(run_, until=until, data_root=data_root, resume=resume, force=force, progress=bar, echo=typer.echo)
     typer.echo(f"run directory: {run_.path} (manifest.json holds every metric)")
 
 
-@app.command()
-def teacher(target: Target, run_dir: RunDirOpt = None, data_root: DataRoot = None, set_: Sets = None,
-            resume: Resume = False, force: Force = False, quiet: Quiet = False):
-    """Fit the multimodal teacher (or adopt recipe.teacher.checkpoint) and evaluate it."""
-    _stage("teacher", target, run_dir, data_root, set_, resume, force, quiet)
+def _stage_command(stage):
+    """`edgekd NAME TARGET`: one stage of the registry, run on a recipe or a run directory."""
+    def command(target: Target, run_dir: RunDirOpt = None, data_root: DataRoot = None, set_: Sets = None,
+                resume: Resume = False, force: Force = False, quiet: Quiet = False):
+        _stage(stage.name, target, run_dir, data_root, set_, resume, force, quiet)
 
-
-@app.command()
-def distill(target: Target, run_dir: RunDirOpt = None, data_root: DataRoot = None, set_: Sets = None,
-            resume: Resume = False, force: Force = False, quiet: Quiet = False):
-    """Distill the teacher into the student (and train the no-KD baseline)."""
-    _stage("distill", target, run_dir, data_root, set_, resume, force, quiet)
+    command.__doc__ = stage.help
+    return command
 
 
 @app.command()
@@ -91,25 +88,18 @@ def qat(target: Target, run_dir: RunDirOpt = None, data_root: DataRoot = None, s
     quantization-aware distillation (QAD) or plain QAT; prints the accuracy budget."""
     if list_layers:
         from edgekd.pipeline import open_run
-        from edgekd.quant.fold import fold_batchnorm
-        from edgekd.quant.int8 import quantizable_layers
-        from edgekd.stages.qat import load_fp32_student
+        from edgekd.stages.qat import list_layers as layers
 
-        run_ = open_run(target, run_dir, set_)
-        model, _ = load_fp32_student(run_)
-        fold_batchnorm(model)
-        for name in quantizable_layers(model, run_.recipe.qat.quantize_embeddings):
+        for name in layers(open_run(target, run_dir, set_)):
             typer.echo(name)
         return
     _stage("qat", target, run_dir, data_root, set_, resume, force, quiet)
 
 
-@app.command()
-def export(target: Target, run_dir: RunDirOpt = None, data_root: DataRoot = None, set_: Sets = None,
-           force: Force = False, quiet: Quiet = False):
-    """Export ONNX models (student FP32, INT8 QDQ for TensorRT, INT8 for the CPU, teacher FP32), run the
-    parity ladder and the offline TensorRT lint, and write the device bundle (runs/<name>/bundle)."""
-    _stage("export", target, run_dir, data_root, set_, False, force, quiet)
+# stages with a richer command of their own (below); every other registered stage gets the generic one
+for _s in stages.STAGES:
+    if _s.name not in ("qat", "build", "bench"):
+        app.command(_s.name)(_stage_command(_s))
 
 
 @app.command()
@@ -120,20 +110,23 @@ def build(target_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR_OR_BUNDLE"
           twice: Annotated[bool, typer.Option("--twice", help="Build twice and report whether the engines are identical.")] = False):
     """Build a TensorRT engine for a target; without TensorRT or a GPU, lint and write build/trtexec.sh (skipped)."""
     _single_process("build")
-    from edgekd.trt.bundle_build import build_bundle, is_bundle
+    from edgekd.contract import source_kind
 
-    if is_bundle(target_dir):  # on the device: no run directory, no torch
+    if source_kind(target_dir) == "bundle":  # on the device: no run directory, no torch
+        from edgekd.stages.build import summary
+        from edgekd.trt.bundle_build import build_bundle
+
         metrics = build_bundle(target_dir, target or "x86-gpu", model=model or "student_int8_qdq",
                                require_trt=require_trt, build_twice=twice)
     else:
-        from edgekd.pipeline import open_run
-        from edgekd.stages.build import run_build
+        from edgekd.pipeline import session
+        from edgekd.stages.build import run as run_build
+        from edgekd.stages.build import summary
 
-        metrics = run_build(open_run(target_dir), target=target, require_trt=require_trt or None, model=model,
-                            build_twice=twice or None)
-    from edgekd.pipeline import summary_line
-
-    typer.echo(summary_line("build", metrics))
+        with session(target_dir, echo=typer.echo) as run_:
+            metrics = run_build(run_, target=target, require_trt=require_trt or None, model=model,
+                                build_twice=twice or None)
+    typer.echo(summary(metrics))
 
 
 def _csv(value: str | None, kind=str, what: str = "list") -> list | None:
@@ -151,32 +144,38 @@ def bench(source: Annotated[Path, typer.Argument(metavar="RUN_DIR_OR_BUNDLE", he
           threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Intra-op threads of every backend (default: recipe bench.threads, else 1).")] = None,
           backends: Annotated[Optional[str], typer.Option("--backends", help="Comma list of onnxruntime-cpu, onnxruntime-cuda, onnxruntime-trt, tensorrt, torch-cpu, torch-cuda (default: every one available).")] = None,
           models: Annotated[Optional[str], typer.Option("--models", help="Comma list of model keys (default: all).")] = None,
-          out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: RUN_DIR/bench/<time>/).")] = None,
+          out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default: RUN_DIR/bench/<time>/, or bench/<time>/ beside a bundle).")] = None,
           min_seconds: Annotated[Optional[float], typer.Option("--min-seconds", help="Minimum measuring time per batch size.")] = None,
           max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", help="Time cap per batch size.")] = None,
           block: Annotated[Optional[int], typer.Option("--block", min=1, help="Timed calls per model per interleaved round, after one untimed call (default: recipe bench.block, else 10; 1 = strict A B C rounds, no re-warm).")] = None,
           baseline: Annotated[Optional[Path], typer.Option("--baseline", help="A baseline bundle (e.g. main's) measured interleaved in the same run, as baseline/<model>, for regression gates.")] = None,
+          record: Annotated[bool, typer.Option("--record", help="Record this bench as the run directory's bench stage (default: the pipeline's recorded bench is left alone).")] = False,
           data_root: DataRoot = None):
     """Measure latency (p50/p90/p95/p99 with confidence bounds, interleaved) and accuracy of every model on every backend."""
     _single_process("bench")
-    from edgekd.benchmark.bench import run_bench
+    from edgekd.contract import source_kind
 
-    cfg = None
-    if (source / "manifest.json").is_file() and (source / "recipe.yaml").is_file():
-        from edgekd.rundir import RunDir
+    given = {"batches": _csv(batch, int, "--batch"), "threads": threads, "backends": _csv(backends),
+             "min_seconds": min_seconds, "max_seconds": max_seconds, "block": block}
+    kind = source_kind(source)
+    if kind == "bundle" and record:
+        raise UsageError("--record applies to a run directory; a bundle's bench is written to --out")
+    if baseline is not None and source_kind(baseline) == "run":
+        baseline = baseline / "bundle"
+    say = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+    if kind == "bundle":  # the device side: no run directory, no torch
+        from edgekd.benchmark.bench import run_bench
 
-        cfg = RunDir.open(source).recipe.bench
-    opts = {}  # the option, else the run's recipe, else the harness default
-    for name, value in (("min_seconds", min_seconds), ("max_seconds", max_seconds), ("block", block)):
-        if value is None and cfg is not None:
-            value = getattr(cfg, name)
-        if value is not None:
-            opts[name] = value
-    result, path = run_bench(source, batches=_csv(batch, int, "--batch") or (cfg.batches if cfg else None),
-                             threads=threads or (cfg.threads if cfg else 1),
-                             backends=_csv(backends) or (cfg.backends if cfg else None), models=_csv(models),
-                             out=out, data_root=data_root, progress=lambda msg: typer.echo(msg, err=True),
-                             baseline=baseline, **opts)
+        _, files = run_bench(source, models=_csv(models), out=out, progress=say, baseline=baseline,
+                             **{k: v for k, v in given.items() if v is not None})
+        path = files["json"]
+    else:
+        from edgekd.pipeline import open_run, session
+        from edgekd.stages.bench import bench_run_dir, settings
+
+        with (session(source, echo=typer.echo) if record else nullcontext(open_run(source))) as run_:
+            _, path = bench_run_dir(run_, record=record, data_root=data_root, out=out, progress=say,
+                                    baseline=baseline, models=_csv(models), **settings(run_, **given))
     md = path.parent / "bench.md"
     typer.echo(md.read_text() if md.is_file() else "")
     typer.echo(f"bench JSON: {path}")
@@ -185,7 +184,7 @@ def bench(source: Annotated[Path, typer.Argument(metavar="RUN_DIR_OR_BUNDLE", he
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]):
     """Write runs/<name>/report/report.md: recipe, accuracy budget, parity ladder, latency table and plots, sizes."""
-    from edgekd.benchmark.report import render_report
+    from edgekd.report import render_report
 
     typer.echo(f"report: {render_report(run_dir)}")
 
@@ -217,37 +216,10 @@ def predict_(bundle: Annotated[Path, typer.Argument(help="A bundle directory (ru
              backend: Annotated[str, typer.Option("--backend", help="onnxruntime or tensorrt (an engine built by `edgekd build`).")] = "onnxruntime",
              as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
     """Classify one sample from raw files with a bundle (onnxruntime + numpy; torch is never imported)."""
-    from edgekd.runtime.bundle import load_bundle
-    from edgekd.runtime.predict import input_kinds, predict
+    from edgekd.runtime.predict import predict, route
 
-    kinds = input_kinds(load_bundle(bundle))
-    values: dict[str, str] = {}
-    for kind, value in (("image", image), ("audio", audio), ("text", text), ("vector", vector)):
-        if value is None:
-            continue
-        same = [n for n, k in kinds.items() if k == kind]
-        name = kind if kind in kinds else (same[0] if len(same) == 1 else None)
-        if name is None:
-            raise UsageError(f"--{kind}: this bundle has {'no' if not same else 'several'} {kind} inputs "
-                             f"({', '.join(f'{n}: {k}' for n, k in kinds.items())}); use --input NAME=VALUE")
-        values[name] = value
-    for item in inputs or []:
-        if "=" not in item:
-            raise UsageError(f"--input {item!r}: expected NAME=VALUE, e.g. --input image=x.png")
-        name, value = item.split("=", 1)
-        values[name.strip()] = value
-    files = {n: v for n, v in values.items() if kinds.get(n) in ("image", "audio")}
-    texts = {n: v for n, v in values.items() if kinds.get(n) == "text"}
-    vectors = {}
-    for n, v in values.items():
-        if kinds.get(n) == "vector":
-            try:
-                vectors[n] = [float(x) for x in v.strip("[] ").split(",") if x.strip()]
-            except ValueError:
-                raise UsageError(f"--{n} {v!r}: expected comma-separated numbers, e.g. 0.5,1,2") from None
-    unknown = {n: v for n, v in values.items() if n not in kinds}
-    result = predict(bundle, files={**files, **unknown}, texts=texts, vectors=vectors, model=model, threads=threads,
-                     backend=backend)
+    given = route(bundle, {"image": image, "audio": audio, "text": text, "vector": vector}, inputs)
+    result = predict(bundle, **given, model=model, threads=threads, backend=backend)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -260,21 +232,10 @@ def eval_(run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
           model: Annotated[str, typer.Option("--model", help="teacher, student or baseline.")] = "student",
           data_root: DataRoot = None, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
     """Evaluate a trained model of a run on the test split (accuracy, per class, modality ablations)."""
-    from edgekd.evaluation import evaluate_run
+    from edgekd.evaluation import eval_lines, evaluate_run
 
     result = evaluate_run(run_dir, model, data_root)
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
-        return
-    typer.echo(f"{model}: accuracy {100 * result['accuracy']:.2f}% on {result['samples']} test samples")
-    for m, acc in result["accuracy_without"].items():
-        typer.echo(f"  without {m}: {100 * acc:.2f}%")
-    typer.echo("  class  precision  recall  f1     support")
-    for c, r in result["per_class"].items():
-        typer.echo(f"  {c:<6} {r['precision']:.3f}      {r['recall']:.3f}   {r['f1']:.3f}  {r['support']}")
-    typer.echo("  confusion (rows: true class, columns: predicted)")
-    for c, row in zip(result["per_class"], result["confusion"]):
-        typer.echo(f"  {c:<6} " + " ".join(f"{v:4d}" for v in row))
+    typer.echo(json.dumps(result, indent=2) if as_json else "\n".join(eval_lines(result)))
 
 
 @app.command()
@@ -282,7 +243,8 @@ def doctor(path: Annotated[Path, typer.Argument(help="A run directory or a bundl
            clean: Annotated[bool, typer.Option("--clean", help="Remove temp files left by interrupted writes.")] = False,
            as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False):
     """Check that every file a run directory's (or bundle's) manifest points at is whole, and say what --resume would do. Exit 1 when something recorded is missing or changed."""
-    from edgekd.doctor import check, clean as remove_temp
+    from edgekd.doctor import check
+    from edgekd.doctor import clean as remove_temp
 
     report = check(path)
     if clean and report.temp_files:
@@ -342,20 +304,10 @@ def data_info(target: Annotated[str, typer.Argument(help="'avdigits' or a recipe
               data_root: DataRoot = None, set_: Sets = None,
               as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False):
     """Describe a dataset: counts per split and class, modalities and shapes."""
-    from edgekd.evaluation import describe_dataset
+    from edgekd.evaluation import dataset_lines, describe_dataset
 
     info = describe_dataset(target, data_root, set_ or [])
-    if as_json:
-        typer.echo(json.dumps(info, indent=2))
-        return
-    typer.echo(f"dataset {info['name']} at {info['root']} (fingerprint {info['fingerprint']})")
-    for m, s in info["modalities"].items():
-        typer.echo(f"  modality {m}: {s['kind']} {tuple(s['shape'])} {s['dtype']}")
-    for split, counts in info["splits"].items():
-        per = " ".join(f"{c}:{n}" for c, n in counts["per_class"].items())
-        typer.echo(f"  {split}: {counts['total']} samples ({per})")
-    for line in info.get("notes", []):
-        typer.echo(f"  {line}")
+    typer.echo(json.dumps(info, indent=2) if as_json else "\n".join(dataset_lines(info)))
 
 
 INTERRUPTED = ("edgekd: interrupted; nothing half-written was recorded (training stages keep their finished "
@@ -395,12 +347,14 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"edgekd: error: this command needs {e.name}, which a device install leaves out; "
                    "install the training extras: pip install 'edgekd[train]' (torch first, see README)", err=True)
         sys.exit(1)
-    except OSError as e:  # unwritable run directory, full disk, ...
+    except OSError as e:  # an OS error no writer turned into a FileWriteError: still one line
         if debug:
             raise
-        typer.echo(f"edgekd: error: cannot use {e.filename or 'a file'} ({e.strerror or e}); "
-                   "pass --run-dir / --data-root pointing at a writable folder with free space", err=True)
-        sys.exit(1)
+        from edgekd.files import os_error
+
+        err = os_error(e, e.filename or "a file")
+        typer.echo(f"edgekd: error: {err}", err=True)
+        sys.exit(err.exit_code)
     except Exception as e:
         # Typer ships its own copy of click's exceptions, so match them by shape, not by class:
         # usage errors (exit 2) can show themselves, Exit carries a code, Abort is Ctrl-C at a prompt.

@@ -11,9 +11,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgekd.errors import EdgekdError, RunDirError
-
-TRAINING_STAGES = ("teacher", "distill", "qat")
+from edgekd import stages
+from edgekd.contract import source_kind
+from edgekd.errors import EdgekdError, RunDirError, UsageError
 
 
 @dataclass
@@ -43,13 +43,16 @@ def temp_files(root: Path) -> list[Path]:
 
 
 def check(path: Path) -> Report:
+    """Check a run directory or a bundle (a bundle needs nothing but the core install)."""
     path = Path(path)
-    if (path / "manifest.json").is_file() and (path / "recipe.yaml").is_file():
-        return check_run(path)
-    if (path / "manifest.json").is_file():
-        return check_bundle(path)
-    raise RunDirError(f"{path} is neither a run directory nor a bundle (no manifest.json); "
-                      "give the folder `edgekd run` or `edgekd export` made")
+    try:
+        kind = source_kind(path)
+    except UsageError:
+        if (path / "manifest.json").is_file():  # an unreadable or foreign manifest: the bundle check says why
+            return check_bundle(path)
+        raise RunDirError(f"{path} is neither a run directory nor a bundle (no manifest.json); "
+                          "give the folder `edgekd run` or `edgekd export` made") from None
+    return check_run(path) if kind == "run" else check_bundle(path)
 
 
 def check_bundle(path: Path) -> Report:
@@ -76,12 +79,12 @@ def check_run(path: Path) -> Report:
     except EdgekdError as e:
         recipe = None
         report.errors.append(f"recipe.yaml: {e}")
-    stages = run.manifest["stages"]
-    for name, st in list(stages.items()):
+    recorded = run.manifest["stages"]
+    for name, st in list(recorded.items()):
         if not isinstance(st, dict) or not isinstance(st.get("outputs", {}), dict):
             report.errors.append(f"manifest.json: the entry of stage '{name}' is malformed; re-run "
                                  f"`edgekd {name} {path} --force`")
-            stages.pop(name)
+            recorded.pop(name)
             continue
         status = st.get("status")
         bad = run.verify(name) if status == "done" else []
@@ -96,16 +99,14 @@ def check_run(path: Path) -> Report:
                                    f"`edgekd run {path}` re-runs it")
         elif status == "skipped":
             report.notes.append(f"{name}: skipped ({st.get('metrics', {}).get('skipped', 'see the manifest')})")
-    from edgekd.recipe import STAGES
-
-    for name in STAGES:
-        if name not in stages:
+    for name in stages.NAMES:
+        if name not in recorded:
             report.notes.append(f"{name}: not run yet")
-    for name in TRAINING_STAGES:
-        if stages.get(name, {}).get("status") != "done":
-            _check_checkpoints(report, path, name, recipe)
+    for stage in stages.STAGES:
+        if stage.trains and recorded.get(stage.name, {}).get("status") != "done":
+            _check_checkpoints(report, path, stage.name, recipe)
     _check_cache(report, path)
-    if (path / "bundle").is_dir() and stages.get("export", {}).get("status") == "done":
+    if (path / "bundle").is_dir() and recorded.get("export", {}).get("status") == "done":
         sub = check_bundle(path / "bundle")
         report.errors += [f"bundle: {e}" for e in sub.errors]
         report.notes += sub.notes

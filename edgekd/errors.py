@@ -1,5 +1,6 @@
 """One exception hierarchy. Library code raises these with a message that names the fix;
-`edgekd.cli.main` prints them on one line and exits 1 (no traceback unless EDGEKD_DEBUG=1)."""
+`edgekd.cli.main` prints them on one line and exits with their `exit_code` (1; 2 for usage errors,
+74 for I-O errors, 75 for a run directory another process holds; no traceback unless EDGEKD_DEBUG=1)."""
 
 
 class EdgekdError(Exception):
@@ -44,3 +45,15 @@ class UsageError(EdgekdError):
     """A CLI argument is wrong."""
 
     exit_code = 2
+
+
+class RunLockedError(RunDirError):
+    """Another process is running stages in the same run directory (try again later)."""
+
+    exit_code = 75  # EX_TEMPFAIL
+
+
+class FileWriteError(EdgekdError):
+    """Writing an output failed at the OS level: no space, no permission, a read-only file system."""
+
+    exit_code = 74  # EX_IOERR

@@ -5,33 +5,26 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.errors import RunDirError, UsageError
+from edgekd.errors import UsageError
 
-_MODELS = {"teacher": ("teacher", "weights", "config"), "student": ("distill", "weights", "config"),
-           "baseline": ("distill", "baseline_weights", "baseline_config")}
+_MODELS = {"teacher": "teacher", "student": "distill", "baseline": "distill"}  # role -> the stage that trained it
 
 
 def evaluate_run(run_dir: Path, which: str, data_root=None) -> dict:
     from edgekd.data import load_dataset
     from edgekd.distill.evaluate import evaluate
-    from edgekd.models.io import load_model
     from edgekd.rundir import RunDir
-    from edgekd.stages import threads
+    from edgekd.stages.common import check_data, load_model, threads
 
     if which not in _MODELS:
         raise UsageError(f"--model {which!r}: choose teacher, student or baseline")
     if not Path(run_dir).is_dir():
         raise UsageError(f"{run_dir} is not a run directory; pass the folder `edgekd run` made (runs/<name>)")
     run = RunDir.open(run_dir)
-    stage, w, c = _MODELS[which]
-    if which == "baseline" and run.is_done("distill") and "baseline_weights" not in run.stage("distill")["outputs"]:
-        raise UsageError("this run trained no baseline; set distill.baseline: true in the recipe and re-run distill")
-    model, config = load_model(run.artifact(stage, w), run.artifact(stage, c))
+    model, config = load_model(run, which)
     with threads(run.recipe.threads):
         data = load_dataset(run.recipe, data_root)
-        if run.stage(stage).get("data_fingerprint") not in (None, data.fingerprint()):
-            raise RunDirError(f"this {which} was trained on other data than --data-root / EDGEKD_DATA gives now; "
-                              "point at the same data or re-run the pipeline")
+        check_data(run, _MODELS[which], data)
         test = data.split("test")
         result = evaluate(model, test, list(config["modalities"]), data.classes)
     return {"model": which, "samples": len(test), **result}
@@ -68,3 +61,25 @@ def describe_dataset(target: str, data_root=None, overrides: list[str] | None = 
         "splits": splits,
         "notes": notes,
     }
+
+
+def eval_lines(result: dict) -> list[str]:
+    """`edgekd eval`'s text: accuracy, ablations, per-class scores and the confusion matrix."""
+    lines = [f"{result['model']}: accuracy {100 * result['accuracy']:.2f}% on {result['samples']} test samples"]
+    lines += [f"  without {m}: {100 * acc:.2f}%" for m, acc in result["accuracy_without"].items()]
+    lines.append("  class  precision  recall  f1     support")
+    lines += [f"  {c:<6} {r['precision']:.3f}      {r['recall']:.3f}   {r['f1']:.3f}  {r['support']}"
+              for c, r in result["per_class"].items()]
+    lines.append("  confusion (rows: true class, columns: predicted)")
+    lines += [f"  {c:<6} " + " ".join(f"{v:4d}" for v in row) for c, row in zip(result["per_class"], result["confusion"])]
+    return lines
+
+
+def dataset_lines(info: dict) -> list[str]:
+    """`edgekd data info`'s text."""
+    lines = [f"dataset {info['name']} at {info['root']} (fingerprint {info['fingerprint']})"]
+    lines += [f"  modality {m}: {s['kind']} {tuple(s['shape'])} {s['dtype']}" for m, s in info["modalities"].items()]
+    for split, counts in info["splits"].items():
+        per = " ".join(f"{c}:{n}" for c, n in counts["per_class"].items())
+        lines.append(f"  {split}: {counts['total']} samples ({per})")
+    return lines + [f"  {line}" for line in info.get("notes", [])]

@@ -4,28 +4,16 @@ Unknown keys and misspelt registry names fail with the field path and the closes
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from edgekd.errors import RecipeError
-
-STAGES = ("teacher", "distill", "qat", "export", "build", "bench")  # grows with the pipeline; order matters
-# The recipe sections each stage reads first (a stage also depends on everything before it), so a
-# changed qat setting re-runs qat only, not the teacher.
-STAGE_SECTIONS = {"teacher": ("seed", "data", "teacher"), "distill": ("student", "distill"), "qat": ("qat",),
-                  "export": ("export",), "build": ("build",), "bench": ("bench",)}
-
-
-class Strict(BaseModel):
-    # allow_inf_nan=False: `.inf` / `.nan` in YAML are floats, and a NaN slips through every gt/ge bound
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
+from edgekd.schema import Strict, read_yaml, suggest  # noqa: F401  (suggest: re-exported)
 
 # --------------------------------------------------------------------------- data
 
@@ -303,12 +291,6 @@ class Recipe(Strict):
 # --------------------------------------------------------------------------- loading
 
 
-def suggest(word: str, options) -> str:
-    """The "; did you mean 'x'?" hint for the closest option, or "" when none is close."""
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.5)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
-
 def _model_at(path: tuple, model=Recipe):
     """The pydantic model class a location in the recipe refers to (for suggestions)."""
     cls = model
@@ -379,21 +361,6 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def read_yaml(path: Path, what: str = "recipe") -> Any:
-    """`yaml.safe_load` of a file; a syntax error is a one-line RecipeError naming `what` and the file."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = e.object[: e.start].count(b"\n") + 1
-        raise RecipeError(f"{what} {path} is not UTF-8 text (byte {e.object[e.start]:#04x} on line {line}); "
-                          "save it as UTF-8") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RecipeError(f"{what} {path} is not valid YAML ({first}); fix the syntax") from e
-
-
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     if not path.is_file():
@@ -409,25 +376,11 @@ def recipe_from_dict(raw: Any, overrides: list[str] | None = None, source: str =
         recipe = Recipe.model_validate(raw)
     except ValidationError as e:
         raise RecipeError(f"{source}: {_format(e, raw)}") from e
-    from edgekd.models import check_names  # registry lives with the models
-
-    check_names(recipe)
     return recipe
 
 
 def dump_recipe(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
-
-
-def first_changed_stage(old: Recipe | None, new: Recipe) -> str | None:
-    """The earliest stage whose recipe sections differ between two recipes (None: no stage's)."""
-    if old is None:
-        return STAGES[0]
-    a, b = old.model_dump(mode="json"), new.model_dump(mode="json")
-    for stage in STAGES:
-        if any(a.get(k) != b.get(k) for k in STAGE_SECTIONS[stage]):
-            return stage
-    return None
 
 
 def recipe_hash(recipe: Recipe) -> str:

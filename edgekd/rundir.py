@@ -8,75 +8,25 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
-from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 
-from edgekd import __version__, distributed
+from edgekd import __version__, stages
 from edgekd.errors import RecipeError, RunDirError
-from edgekd.recipe import STAGES, Recipe, dump_recipe, first_changed_stage, load_recipe
-from edgekd.runtime.bundle import sha256_file
+from edgekd.files import (  # noqa: F401  (atomic_*: re-exported for scripts written against rundir)
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    is_writer,
+    sha256_file,
+    versions,
+)
+from edgekd.recipe import Recipe, dump_recipe, load_recipe
 
 MANIFEST = "manifest.json"
 RECIPE = "recipe.yaml"
 SCHEMA_VERSION = 1
-_VERSIONED = ("torch", "transformers", "onnx", "onnxruntime", "nvidia-modelopt", "tensorrt", "numpy")
-
-
-# --------------------------------------------------------------------------- atomic files
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-@contextmanager
-def atomic_path(path: Path):
-    """Yield a temp path beside `path`; on success it replaces `path` in one rename.
-
-    Under torchrun only rank 0 writes: the other ranks' temp files are dropped, so N processes
-    never race to replace the same artifact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        if not distributed.is_main():
-            return
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts are ordinary files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, obj) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def versions() -> dict[str, str | None]:
-    out = {"edgekd": __version__}
-    for name in _VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def _now() -> str:
@@ -89,11 +39,12 @@ def _now() -> str:
 class RunDir:
     def __init__(self, path: Path, recipe: Recipe, manifest: dict):
         self.path, self.recipe, self.manifest = Path(path), recipe, manifest
+        self.begun = False  # a stage of this process has started changing files (see pipeline.session)
 
     # ---- opening
 
     @classmethod
-    def create(cls, path: Path, recipe: Recipe, force: bool = False) -> "RunDir":
+    def create(cls, path: Path, recipe: Recipe, force: bool = False) -> RunDir:
         """Open or start the run directory for `recipe`, freezing the recipe into it."""
         path = Path(path)
         frozen = dump_recipe(recipe)
@@ -106,18 +57,18 @@ class RunDir:
             if existing == frozen and (path / RECIPE).read_text(encoding="utf-8") != frozen:
                 atomic_write_text(path / RECIPE, frozen)
             if existing != frozen:
-                if not force:
+                run = cls.open(path, check_recipe=False)  # the old recipe may no longer validate
+                if not force and run.manifest["stages"]:  # nothing recorded yet: nothing to lose
                     raise RunDirError(
                         f"{path} holds a run of a different recipe; pass --run-dir NEW_DIR for a new run "
                         "or --force to replace the recipe (stages whose settings changed, and those after "
                         "them, become stale)"
                     )
-                run = cls.open(path, check_recipe=False)  # the old recipe may no longer validate
                 run.recipe = recipe
                 first = first_changed_stage(old, recipe)
-                changed = STAGES[STAGES.index(first):] if first else ()
+                changed = (first, *stages.after(first)) if first else ()
                 for name, stage in run.manifest["stages"].items():
-                    if name in changed or name not in STAGES:
+                    if name in changed or name not in stages.NAMES:
                         stage["status"] = "stale"
                 run.save()  # stale first: an interruption here must not leave old stages "done"
                 atomic_write_text(path / RECIPE, frozen)
@@ -132,7 +83,7 @@ class RunDir:
         return run
 
     @classmethod
-    def open(cls, path: Path, check_recipe: bool = True) -> "RunDir":
+    def open(cls, path: Path, check_recipe: bool = True) -> RunDir:
         path = Path(path)
         if not (path / MANIFEST).is_file():
             raise RunDirError(f"{path} is not a run directory (no {MANIFEST}); start one with `edgekd run RECIPE`")
@@ -194,6 +145,7 @@ class RunDir:
     def begin(self, name: str) -> float:
         """Mark `name` as running (and everything after it stale) before any of its files change, so
         an interrupted re-run is never mistaken for a finished stage."""
+        self.begun = True
         entry = self.manifest["stages"].get(name)
         if entry is not None:
             entry["status"] = "running"
@@ -202,10 +154,9 @@ class RunDir:
         return time.time()
 
     def _stale_after(self, name: str) -> None:
-        if name in STAGES:
-            for later in STAGES[STAGES.index(name) + 1 :]:
-                if later in self.manifest["stages"]:
-                    self.manifest["stages"][later]["status"] = "stale"
+        for later in stages.after(name):
+            if later in self.manifest["stages"]:
+                self.manifest["stages"][later]["status"] = "stale"
 
     def _file_entry(self, path: Path) -> dict:
         path = Path(path)
@@ -215,7 +166,7 @@ class RunDir:
                metrics: dict | None = None, status: str = "done", extra: dict | None = None) -> dict:
         """Record a finished stage (its files already written) and mark downstream stages stale.
         Under torchrun only rank 0 records; the others re-read the manifest after the stage."""
-        if not distributed.is_main():
+        if not is_writer():
             return {}
         entry = {
             "status": status,
@@ -248,4 +199,13 @@ class RunDir:
                     problems.append(f"{stage}.{key}: {f} is missing; {fix}")
                 elif f.stat().st_size != entry.get("bytes", f.stat().st_size) or sha256_file(f) != entry["sha256"]:
                     problems.append(f"{stage}.{key}: {f} changed since the stage wrote it (sha256 differs); {fix}")
+            bundle = (self.stage(stage) or {}).get("bundle")  # verified file by file by its own manifest
+            if isinstance(bundle, str) and not (self.path / bundle / "manifest.json").is_file():
+                problems.append(f"{stage}.bundle: {self.path / bundle} is missing; re-run `edgekd {stage} "
+                                f"{self.path} --force`")
         return problems
+
+
+def first_changed_stage(old: Recipe | None, new: Recipe) -> str | None:
+    """The earliest stage whose recipe sections differ between two recipes (None: no stage's)."""
+    return stages.first_changed(None if old is None else old.model_dump(mode="json"), new.model_dump(mode="json"))

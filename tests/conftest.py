@@ -10,6 +10,12 @@ from edgekd.data.base import ModalitySpec, Split
 torch.set_num_threads(1)  # tests and CI use one thread (see README: threads)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
+# What a device install leaves out. A probe script starting with BLOCK_TRAINING behaves as if none of
+# them were installed (`import torch` raises ImportError), the way the core-only CI job really is.
+TRAINING_ONLY = ("torch", "transformers", "modelopt", "matplotlib", "safetensors")
+BLOCK_TRAINING = "import sys\nfor _m in " + repr(TRAINING_ONLY) + ":\n    sys.modules[_m] = None\n"
+# edgekd modules the device side may load
+DEVICE_MODULES = ("edgekd", "edgekd.errors", "edgekd.files", "edgekd.contract", "edgekd.schema")
 
 
 def real_data_root() -> Path:

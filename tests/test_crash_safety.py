@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, real_data_root
 
 # tiny.yaml with a few more epochs, so every stage lives long enough to be killed inside

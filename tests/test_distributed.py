@@ -10,9 +10,9 @@ import socket
 import numpy as np
 import pytest
 import torch
+from conftest import ToyData
 from torch import nn
 
-from conftest import ToyData
 from edgekd.distill.evaluate import evaluate
 from edgekd.distill.trainer import Job, rank_order, train
 from edgekd.errors import TrainingError

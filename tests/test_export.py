@@ -8,15 +8,16 @@ from onnx import numpy_helper
 
 from edgekd.errors import ExportError
 from edgekd.exporting.cpu_int8 import quantize_for_cpu
-from edgekd.exporting.lint import lint_onnx
 from edgekd.exporting.onnx_export import export_onnx
-from edgekd.exporting.parity import Rung, ort_session, run_rung
+from edgekd.exporting.parity import Rung, run_rung
 from edgekd.models import create_model
 from edgekd.models.student import inference_form
 from edgekd.quant.fold import fold_batchnorm
 from edgekd.quant.int8 import calibration_batches, quantize
 from edgekd.recipe import QatConfig
+from edgekd.runtime.runner import OrtRunner
 from edgekd.stages.export import _folded_fp32
+from edgekd.trt.lint import lint_onnx
 
 NAMES = ["image", "audio"]
 FUSIONS = ["concat", "gated", "attention", "late"]
@@ -50,7 +51,7 @@ def test_fp32_export_has_named_io_dynamic_batch_and_parity(toy, fusion, tmp_path
     m = onnx.load(str(path))
     assert [i.name for i in m.graph.input] == NAMES and [o.name for o in m.graph.output] == ["logits", "embedding"]
     assert m.opset_import[0].version == 17 and m.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
-    result = run_rung(Rung("student_fp32", "pytorch fp32", 1e-4, 1.0), model, ort_session(path),
+    result = run_rung(Rung("student_fp32", "pytorch fp32", 1e-4, 1.0), model, OrtRunner(path),
                       _batches(toy, (1, 3, 17)))
     assert set(result["batches"]) == {1, 3, 17} and result["top1_agreement"] == 1.0
     assert lint_onnx(path)["ok"]
@@ -64,7 +65,7 @@ def test_qdq_export_matches_fake_quant_and_passes_the_tensorrt_lint(toy, fusion,
     assert ops.count("QuantizeLinear") >= 10 and ops.count("QuantizeLinear") == ops.count("DequantizeLinear")
     # 5% of the logit range: an untrained attention fusion turns one-step rounding flips of its
     # quantized keys into visibly different softmax weights (trained runs stay under 3%)
-    run_rung(Rung("student_int8_qdq", "pytorch fake-quant", 0.05, 0.95, relative=True), model, ort_session(path),
+    run_rung(Rung("student_int8_qdq", "pytorch fake-quant", 0.05, 0.95, relative=True), model, OrtRunner(path),
              _batches(toy, (1, 12)))
     report = lint_onnx(path, expect_qdq=True)
     assert report["ok"], report["violations"]
@@ -82,7 +83,7 @@ def test_a_broken_model_fails_its_parity_rung_naming_output_diff_and_tolerance(t
     onnx.save(m, str(tmp_path / "broken.onnx"))
     with pytest.raises(ExportError, match=r"parity: student_fp32 vs pytorch fp32 at batch 1: output '\w+' max abs diff "
                                           r"[\d.e+-]+ > tolerance 0.0001"):
-        run_rung(Rung("student_fp32", "pytorch fp32", 1e-4, 1.0), model, ort_session(tmp_path / "broken.onnx"),
+        run_rung(Rung("student_fp32", "pytorch fp32", 1e-4, 1.0), model, OrtRunner(tmp_path / "broken.onnx"),
                  _batches(toy))
 
 
@@ -104,7 +105,7 @@ def test_cpu_int8_model_is_built_from_the_quantized_student_and_agrees_with_it(t
     assert q_inputs and any(z.dtype == np.uint8 for z in zero_points)  # u8 activations: the x86 fast path
     weights = [numpy_helper.to_array(t) for t in g.initializer if t.name.endswith("_quantized")]
     assert weights and all(np.abs(w.astype(int)).max() <= 64 for w in weights if w.dtype == np.int8)  # 7-bit
-    result = run_rung(Rung("student_int8_cpu", "pytorch fake-quant", float("inf"), 0.8), quant, ort_session(out),
+    result = run_rung(Rung("student_int8_cpu", "pytorch fake-quant", float("inf"), 0.8), quant, OrtRunner(out),
                       _batches(toy, (1, 24)))
     assert result["top1_agreement"] >= 0.8
 
@@ -118,7 +119,7 @@ def test_folded_late_student_exports_fewer_nodes_and_passes_parity_against_the_u
     path = export_onnx(inference_form(model), _example(toy), tmp_path / "folded.onnx")
     folded = onnx.load(str(path)).graph
     assert len(folded.node) < len(plain.node) and [n.op_type for n in folded.node].count("Gemm") == 1
-    result = run_rung(Rung("student_fp32", "pytorch fp32", 1e-4, 1.0), model, ort_session(path),
+    result = run_rung(Rung("student_fp32", "pytorch fp32", 1e-4, 1.0), model, OrtRunner(path),
                       _batches(toy, (1, 9)))
     assert result["top1_agreement"] == 1.0 and result["max_abs_diff"] <= 1e-4
     assert lint_onnx(path)["ok"]
@@ -135,7 +136,7 @@ def test_cpu_int8_of_the_folded_student_writes_float_outputs_straight_from_its_g
     assert split.op_type == "Split" and producers["embedding"] is split
     assert producers[split.input[0]].op_type == "Gemm"  # no Q/DQ between the tail product and the outputs
     assert producers[producers[split.input[0]].input[0]].op_type == "DequantizeLinear"  # its input is INT8
-    result = run_rung(Rung("student_int8_cpu", "pytorch fake-quant", float("inf"), 0.8), quant, ort_session(tmp_path / "cpu.onnx"),
+    result = run_rung(Rung("student_int8_cpu", "pytorch fake-quant", float("inf"), 0.8), quant, OrtRunner(tmp_path / "cpu.onnx"),
                       _batches(toy, (1, 24)))
     assert result["top1_agreement"] >= 0.8
 

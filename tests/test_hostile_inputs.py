@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_bundle import AUDIO_P, AV_INPUTS, IMAGE_P, LABELS, TV_INPUTS, VECTOR_P, TinyModel, io_spec, tokenizer
 
 from edgekd.cli import main
 from edgekd.errors import EdgekdError
 from edgekd.runtime.bundle import add_model, load_bundle, sha256_file, write_bundle
-from test_bundle import AV_INPUTS, AUDIO_P, IMAGE_P, LABELS, TV_INPUTS, VECTOR_P, TinyModel, io_spec, tokenizer
 
 # --------------------------------------------------------------------------- helpers
 
@@ -470,8 +470,7 @@ def test_teacher_checkpoint_that_is_not_a_model_directory_cli(folder, capsys, tm
     code, out, err = cli(capsys, "teacher", recipe, "--run-dir", tmp_path / "run", "-q",
                          "--set", f"teacher.checkpoint={tmp_path / 'notamodel'}")
     assert_one_line(code, out, err, ["not an edgekd model directory", "model.safetensors"])
-    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["stages"] == {} and not (tmp_path / "run" / "teacher" / "model.safetensors").exists()
+    assert not (tmp_path / "run").exists()  # refused before any stage began: nothing left on disk
 
 
 def test_teacher_checkpoint_truncated_cli(folder, capsys, tmp_path):
@@ -481,7 +480,7 @@ def test_teacher_checkpoint_truncated_cli(folder, capsys, tmp_path):
     code, out, err = cli(capsys, "teacher", recipe, "--run-dir", tmp_path / "run", "-q",
                          "--set", f"teacher.checkpoint={d}")
     assert_one_line(code, out, err, ["not a readable safetensors file"])
-    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"] == {}
+    assert not (tmp_path / "run").exists()  # refused before any stage began: nothing left on disk
 
 
 def test_pretrained_encoder_directory_that_is_not_one_cli(folder, capsys, tmp_path):
@@ -491,7 +490,7 @@ def test_pretrained_encoder_directory_that_is_not_one_cli(folder, capsys, tmp_pa
                          "--set", f"teacher.encoders={{img: {{pretrained: {tmp_path / 'hf'}}}}}")
     assert_one_line(code, out, err, ["recipe.teacher.encoders.img.pretrained", "not a Hugging Face model directory",
                                      "save_pretrained"])
-    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"] == {}
+    assert not (tmp_path / "run").exists()  # refused before any stage began: nothing left on disk
 
 
 @pytest.mark.parametrize("corrupt", ["truncated", "pickled-code", "empty"])
@@ -618,14 +617,14 @@ def test_tampered_bundle_is_not_extended_by_build(av, capsys):
 
 @pytest.mark.parametrize("content", ["truncated", "garbage", "empty"])
 def test_corrupt_onnx_at_lint(tmp_path, content):
-    from edgekd.exporting.lint import lint_onnx
+    from edgekd.trt.lint import lint_onnx
 
     good = TinyModel(AV_INPUTS).save(tmp_path / "m.onnx").read_bytes()
     bad = tmp_path / "bad.onnx"
     bad.write_bytes({"truncated": good[: len(good) // 2], "garbage": b"\xff" * 64, "empty": b""}[content])
     with pytest.raises(EdgekdError) as e:
         report = lint_onnx(bad)
-        from edgekd.exporting.lint import check
+        from edgekd.trt.lint import check
 
         check(report)
     api_one_line(e, ["TensorRT lint", "bad.onnx", "export"])

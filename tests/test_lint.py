@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekd.errors import ExportError
-from edgekd.exporting.lint import check, format_report, lint_onnx
+from edgekd.trt.lint import check, format_report, lint_onnx
 
 RNG = np.random.default_rng(0)
 

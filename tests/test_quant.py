@@ -2,8 +2,8 @@
 resume, and the errors for bad options."""
 import pytest
 import torch
-
 from conftest import train_until_killed
+
 from edgekd.data.base import ModalitySpec
 from edgekd.distill.trainer import Job, load_checkpoint, train
 from edgekd.errors import CheckpointError, RecipeError

@@ -1,10 +1,10 @@
 """Recipe schema: strict keys, field paths, did-you-mean, --set overrides, safe YAML."""
 import pytest
 import torch
+from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT
 from edgekd.errors import RecipeError
 from edgekd.recipe import dump_recipe, load_recipe, recipe_from_dict
 
@@ -39,8 +39,14 @@ def test_unknown_key_in_data_section_suggests_from_that_dataset():
 
 
 def test_misspelt_registry_name_suggests_closest():
-    msg = _err({**BASE, "student": {"name": "fusoin_tiny"}})
-    assert "recipe.student.name" in msg and "did you mean 'fusion_tiny'" in msg
+    """Registry names are checked where models are built (loading a recipe imports no torch), and
+    by `edgekd run` before anything is created on disk."""
+    from edgekd.models import check_names
+
+    recipe = recipe_from_dict({**BASE, "student": {"name": "fusoin_tiny"}})
+    with pytest.raises(RecipeError) as e:
+        check_names(recipe)
+    assert "recipe.student.name" in str(e.value) and "did you mean 'fusion_tiny'" in str(e.value)
 
 
 def test_wrong_type_and_bad_literal():
@@ -122,7 +128,7 @@ def test_modality_names_are_checked_before_any_stage_runs():
 
 
 def test_distill_seed_reruns_distill_on_the_same_teacher_and_changes_the_students_start(toy):
-    from edgekd.recipe import first_changed_stage
+    from edgekd.rundir import first_changed_stage
     from edgekd.stages.distill import build_student
 
     base = load_recipe(ROOT / "recipes" / "tiny.yaml")

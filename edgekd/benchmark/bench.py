@@ -1,48 +1,46 @@
-"""`edgekd bench RUN_DIR_OR_BUNDLE`: every model on every backend at every batch size, in one run.
+"""`edgekd bench`: every model on every backend at every batch size, in one run. Device side:
+no run directory, no recipe, no torch unless a caller hands in PyTorch models.
 
-A run directory brings its bundle (ONNX models, engines added by `edgekd build`) plus the PyTorch
-models of its stages; a bare bundle (on a device, maybe without torch) brings only the former.
-Each batch size is one interleaved measurement over all its targets, because the ratios that
-matter (student vs teacher, INT8 vs FP32, backend vs backend) compare targets at the same batch.
+A bundle (ONNX models, engines added by `edgekd build`) is what is measured; the bench stage
+(edgekd.stages.bench) adds a run directory's PyTorch models, its test split and its FLOPs through
+`Extras`. Each batch size is one interleaved measurement over all its targets, because the ratios
+that matter (student vs teacher, INT8 vs FP32, backend vs backend) compare targets at the same batch.
 """
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cache, partial
 from pathlib import Path
 
 from edgekd.benchmark import runners, sysinfo
 from edgekd.benchmark.harness import Target, measure, skipped_result
-from edgekd.benchmark.results import build_bench, plots, to_markdown
+from edgekd.benchmark.results import build_bench, to_markdown
 from edgekd.errors import DataError, EdgekdError, UsageError
+from edgekd.files import atomic_write_json, atomic_write_text, check_writable
+from edgekd.plots import HOW_TO_GET, bench_plots
 
 MEASURE_DEFAULTS = {"warmup_count": 10, "warmup_seconds": 1.0, "min_seconds": 5.0, "max_seconds": 30.0,
                     "min_samples": 100, "ci_rel_width": 0.10, "confidence": 0.95, "block": 10}
 
 
-def open_source(source) -> tuple[object | None, object | None]:
-    """(RunDir or None, Bundle or None) for a run directory or a bundle directory."""
-    from edgekd.runtime.bundle import load_bundle
+@dataclass
+class Extras:
+    """What a run directory adds to its bundle's bench (the bench stage fills it; a device has none).
 
-    path = Path(source)
-    try:
-        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise UsageError(f"{path} is neither a run directory nor a bundle (no readable manifest.json); "
-                         "give runs/NAME or runs/NAME/bundle") from None
-    if manifest.get("format") == "edgekd.bundle":
-        return None, load_bundle(path)
-    from edgekd.rundir import RunDir
+    torch_models: model key -> a loader returning (nn.Module, note, {input: (dtype, per-sample shape)});
+    testset: (inputs, labels, where from) where the bundle carries no test set; flops: role -> FLOPs."""
 
-    run = RunDir.open(path)
-    return run, (load_bundle(path / "bundle") if (path / "bundle" / "manifest.json").is_file() else None)
+    torch_models: dict[str, Callable] = field(default_factory=dict)
+    testset: tuple | None = None
+    flops: dict[str, float] = field(default_factory=dict)
 
 
-def _backends(requested, run, bundle) -> tuple[list[str], dict[str, str]]:
+def _backends(requested, extras: Extras, bundle) -> tuple[list[str], dict[str, str]]:
     """(backends to use, {backend: why it cannot run here}): by default the ones that can run; a
     requested one that cannot becomes a skipped row with the reason."""
-    from edgekd.recipe import suggest
+    from edgekd.schema import suggest
 
     for b in requested or ():
         if b not in runners.BACKENDS:
@@ -63,61 +61,51 @@ def _backends(requested, run, bundle) -> tuple[list[str], dict[str, str]]:
     if bundle is None or not any(m.get("backend") == "tensorrt" for m in bundle.models.values()):
         why["tensorrt"] = "the bundle has no TensorRT engine (run `edgekd build`)"
     for b in runners.TORCH_BACKENDS:
-        why_not = "a bundle has no PyTorch models" if run is None else runners.torch_available(b)
+        why_not = "a bundle has no PyTorch models" if not extras.torch_models else runners.torch_available(b)
         if why_not:
             why[b] = why_not
     return (list(requested) if requested else [b for b in runners.BACKENDS if b not in why]), why
 
 
-def _testset(run, bundle, data_root):
+def _testset(extras: Extras, bundle):
     """(inputs, labels, where from) for accuracy, or (None, None, why not)."""
     if bundle is not None and (bundle.path / runners.TESTSET).is_file():
         return (*runners.load_testset(bundle.path / runners.TESTSET), f"bundle/{runners.TESTSET}")
-    if run is not None:
-        from edgekd.data import load_dataset
-
-        try:
-            test = load_dataset(run.recipe, data_root).split("test")
-            return test.inputs, test.labels, "the recipe's dataset (test split)"
-        except DataError as e:
-            return None, None, f"no test data: {e}"
+    if extras.testset is not None:
+        return extras.testset
     return None, None, f"the bundle has no {runners.TESTSET}; accuracy not measured"
 
 
-def _flops(run, bundle, key: str, meta: dict) -> float | None:
-    """Per-sample FLOPs: the run's teacher/distill metrics, else the bundle's model entry."""
+def _flops(extras: Extras, bundle, key: str, meta: dict) -> float | None:
+    """Per-sample FLOPs: the bundle's model entry (or its source's), else the run's metrics."""
     if meta.get("flops"):
         return float(meta["flops"])
     source = meta.get("source")
     if source and bundle is not None and bundle.models.get(source, {}).get("flops"):
         return float(bundle.models[source]["flops"])
-    if run is not None:
-        stage = run.stage("teacher" if (meta.get("role") or key).startswith("teacher") else "distill") or {}
-        value = (stage.get("metrics") or {}).get("flops")
-        return float(value) if value else None
-    return None
+    value = extras.flops.get("teacher" if (meta.get("role") or key).startswith("teacher") else "student")
+    return float(value) if value else None
 
 
 BASELINE = "baseline/"  # key prefix of the models of `--baseline BUNDLE`, measured in the same run
 
 
-def _check_models(models, run, bundle) -> None:
+def _check_models(models, extras: Extras, bundle) -> None:
     """An unknown --models key would measure nothing and write an empty bench: refuse it."""
     if not models:
         return
     known = set(bundle.models) | {m.get("source") for m in bundle.models.values()} if bundle else set()
-    if run is not None:
-        known |= set(runners.TORCH_KEYS)
+    known |= set(extras.torch_models)
     known.discard(None)
     bad = sorted(set(models) - known)
     if bad:
-        from edgekd.recipe import suggest
+        from edgekd.schema import suggest
 
         raise UsageError(f"unknown model(s) {', '.join(bad)} (this source has {', '.join(sorted(known))})"
                          f"{suggest(bad[0], sorted(known))}; fix --models")
 
 
-def _open_all(run, bundle, backends, models, threads, baseline=None):
+def _open_all(extras, bundle, backends, models, threads, baseline=None):
     """Yield (key, backend, runner or the reason there is none, meta) for every model of every backend."""
     for backend in backends:
         if backend in runners.ORT_PROVIDERS or backend == "tensorrt":
@@ -128,7 +116,7 @@ def _open_all(run, bundle, backends, models, threads, baseline=None):
             for src, prefix in sources:
                 yield from _open_bundle(src, prefix, backend, engine, models, threads)
         else:  # PyTorch eager, run directory only
-            yield from _open_torch(run, backend, models, threads)
+            yield from _open_torch(extras, backend, models, threads)
 
 
 def _open_bundle(bundle, prefix, backend, engine, models, threads):
@@ -147,11 +135,11 @@ def _open_bundle(bundle, prefix, backend, engine, models, threads):
                                               "load_rss_mb": _delta(before, sysinfo.rss_mb())}
 
 
-def _open_torch(run, backend, models, threads):
-    for key in [k for k in (models or runners.TORCH_KEYS) if k in runners.TORCH_KEYS]:
+def _open_torch(extras, backend, models, threads):
+    for key in [k for k in (models or extras.torch_models) if k in extras.torch_models]:
         before = sysinfo.rss_mb()
         try:
-            model, note, specs = runners.torch_model(run, key)
+            model, note, specs = extras.torch_models[key]()
             runner = runners.TorchRunner(model, runners.device_of(backend), threads, specs)
         except EdgekdError as e:
             if not models:  # a stage this run did not have (no KD baseline, no qat): nothing to say
@@ -161,30 +149,40 @@ def _open_torch(run, backend, models, threads):
                                      "load_rss_mb": _delta(before, sysinfo.rss_mb())}
 
 
-def run_bench(source, *, batches=None, threads: int = 1, backends=None, models=None, out=None, data_root=None,
-              record: bool = True, progress=None, baseline=None, **measure_opts) -> tuple[dict, Path]:
-    """Benchmark a run directory or bundle; returns (bench dict, path of bench.json).
+def run_bench(bundle, *, batches=None, threads: int = 1, backends=None, models=None, out=None,
+              extras: Extras | None = None, source: dict | None = None, progress=None, baseline=None,
+              **measure_opts) -> tuple[dict, dict[str, Path]]:
+    """Benchmark a bundle (a path or a loaded Bundle; None with extras.torch_models alone); returns
+    (bench dict, {"json", "markdown", plots...: path}).
 
     `baseline` (a bundle, e.g. main's) adds its models as "baseline/<key>", measured interleaved
     with the candidate's in the same run, so a regression gate compares them under the same drift.
 
-    Writes bench.json, bench.md, latency_accuracy.png and latency_distribution.png into `out`
-    (default: RUN_DIR/bench/<timestamp>/, or <bundle parent>/bench/<timestamp>/), and records the
-    `bench` stage in a run directory's manifest (metrics: the JSON's path and the contract keys)."""
+    Writes bench.json, bench.md and, where matplotlib is installed, latency_accuracy.png and
+    latency_distribution.png into `out` (default: <bundle parent>/bench/<timestamp>/)."""
+    from edgekd.runtime.bundle import Bundle, load_bundle
+
     unknown = set(measure_opts) - set(MEASURE_DEFAULTS)
     if unknown:
         raise UsageError(f"unknown bench setting(s) {', '.join(sorted(unknown))}: use {', '.join(MEASURE_DEFAULTS)}")
     opts = {**MEASURE_DEFAULTS, **measure_opts}
-    started = time.time()
-    run, bundle = open_source(source)
-    if batches is None:
-        batches = getattr(getattr(getattr(run, "recipe", None), "bench", None), "batches", None) or (1,)
-    batches = sorted({int(b) for b in batches})
+    extras = extras or Extras()
+    if bundle is not None and not isinstance(bundle, Bundle):
+        bundle = load_bundle(bundle)
+    batches = sorted({int(b) for b in (batches or (1,))})
     if not batches or batches[0] < 1:
         raise UsageError(f"batch sizes must be positive integers, got {batches}")
-    names, unavailable = _backends(backends, run, bundle)
-    _check_models(models, run, bundle)
-    inputs, labels, test_from = _testset(run, bundle, data_root)
+    if out is None:
+        if bundle is None:
+            raise UsageError("no bundle to write the bench beside: pass --out DIR")
+        out = bundle.path.parent / "bench" / time.strftime("%Y%m%d-%H%M%S")
+    names, unavailable = _backends(backends, extras, bundle)
+    _check_models(models, extras, bundle)
+    base = None
+    if baseline is not None:
+        base = baseline if isinstance(baseline, Bundle) else load_bundle(baseline)
+    check_writable(out)  # before measuring, not after
+    inputs, labels, test_from = _testset(extras, bundle)
     say = progress or (lambda msg: None)
 
     peak = {"cpu": sysinfo.machine_peak_gflops()}
@@ -194,12 +192,7 @@ def run_bench(source, *, batches=None, threads: int = 1, backends=None, models=N
                               device=runners.device_of(backend), threads=threads)
                for backend in names if backend in unavailable for b in batches]
     targets, closers, used = {b: [] for b in batches}, [], {}
-    base = None
-    if baseline is not None:
-        base = open_source(baseline)[1]
-        if base is None:
-            raise UsageError(f"--baseline {baseline}: it has no bundle; give runs/NAME/bundle or a run directory after export")
-    for key, backend, runner, meta in _open_all(run, bundle, [b for b in names if b not in unavailable],
+    for key, backend, runner, meta in _open_all(extras, bundle, [b for b in names if b not in unavailable],
                                                  models, threads, base):
         if isinstance(runner, str):
             results += [skipped_result(key, backend, b, runner, device=runners.device_of(backend), threads=threads,
@@ -211,7 +204,7 @@ def run_bench(source, *, batches=None, threads: int = 1, backends=None, models=N
             from_base = base is not None and key.startswith(BASELINE)
             used[key] = base.model_path(key[len(BASELINE):]) if from_base else bundle.model_path(key)
         for b, target in _targets(key, backend, runner, meta, batches, threads, inputs, labels,
-                                  _flops(run, bundle, key, meta), bundle):
+                                  _flops(extras, bundle, key, meta), bundle):
             (targets[b] if isinstance(target, Target) else results).append(target)
     try:
         for b in batches:
@@ -226,21 +219,12 @@ def run_bench(source, *, batches=None, threads: int = 1, backends=None, models=N
                 "unavailable_backends": unavailable,
                 "test_data": test_from, "peak_method": "numpy float32 matmul 1024x1024, best of 5"
                 + ("; cuda: torch float32 matmul 4096x4096" if "cuda" in peak else "")}
-    src = {"kind": "run_dir" if run is not None else "bundle", "path": str(Path(source)),
-           "name": (run.manifest.get("name") if run is not None else bundle.manifest.get("name"))}
+    src = source or {"kind": "bundle", "path": str(bundle.path), "name": bundle.manifest.get("name")}
     bench = build_bench(results, env=sysinfo.environment(threads), peak=peak, source=src, settings=settings,
                         confidence=opts["confidence"])
-    home = run.path if run is not None else bundle.path.parent
-    out_dir = Path(out) if out else home / "bench" / time.strftime("%Y%m%d-%H%M%S")
-    files = write_outputs(bench, out_dir)
-    if run is not None and record:
-        contract = ("model", "backend", "device", "batch", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput",
-                    "accuracy", "peak_rss_mb")
-        metrics = {"bench_json": str(files["json"].resolve().relative_to(run.path.resolve()))
-                   if files["json"].resolve().is_relative_to(run.path.resolve()) else str(files["json"]),
-                   "results": [{k: r[k] for k in contract} for r in bench["results"] if not r["skipped"]]}
-        run.record("bench", started=started, outputs=files, inputs=used, metrics=metrics)
-    return bench, files["json"]
+    files = write_outputs(bench, out)
+    files["inputs"] = used
+    return bench, files
 
 
 def _targets(key, backend, runner, meta, batches, threads, inputs, labels, per_sample, bundle):
@@ -267,13 +251,12 @@ def _targets(key, backend, runner, meta, batches, threads, inputs, labels, per_s
 
 
 def write_outputs(bench: dict, out_dir) -> dict[str, Path]:
-    from edgekd.rundir import atomic_write_json, atomic_write_text
-
     out_dir = Path(out_dir)
+    pngs = bench_plots(bench, out_dir)  # {} where matplotlib is not installed: bench.md says how to get them
+    note = "" if pngs else f"\n_No plots: {HOW_TO_GET}._\n"
     files = {"json": atomic_write_json(out_dir / "bench.json", bench),
-             "markdown": atomic_write_text(out_dir / "bench.md", to_markdown(bench))}
-    accuracy_png, distribution_png = plots(bench, out_dir)
-    return {**files, "latency_accuracy": accuracy_png, "latency_distribution": distribution_png}
+             "markdown": atomic_write_text(out_dir / "bench.md", to_markdown(bench) + note)}
+    return {**files, **pngs}
 
 
 def _specs(bundle, runner) -> dict:

@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from edgekd.benchmark.stats import QUANTILES, mean_ci, percentile, quantile_ci, quantile_ratio
 from edgekd.errors import UsageError
-from edgekd.recipe import Strict, suggest
+from edgekd.schema import Strict, suggest
 
 PASS, FAIL, INCONCLUSIVE = 0, 1, 3
 LATENCY = ("p50_ms", "p90_ms", "p95_ms", "p99_ms")

@@ -16,8 +16,8 @@ result that hit the time cap says so (`converged: False`), and gates see its wid
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 

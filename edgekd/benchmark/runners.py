@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.errors import BundleError, DataError, EdgekdError
+from edgekd.contract import OUTPUTS, to_numpy
+from edgekd.errors import BundleError, DataError
 
 ORT_PROVIDERS = {
     "onnxruntime-cpu": ["CPUExecutionProvider"],
@@ -130,14 +131,14 @@ class TorchRunner:
         self._torch, self.device = torch, device
         self.model = model.to(device).eval()
         self.input_names = list(model.names)
-        self.output_names = ["logits", "embedding"]
+        self.output_names = list(OUTPUTS)
         self.specs = dict(specs or {})  # name -> (dtype, per-sample shape)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
         with torch.no_grad():
             out = self.model({n: torch.from_numpy(inputs[n]).to(self.device) for n in self.input_names})
-        return {"logits": out.logits.float().cpu().numpy(), "embedding": out.features.float().cpu().numpy()}
+        return to_numpy(out)
 
     def sync(self) -> None:
         if self.device == "cuda":
@@ -147,34 +148,6 @@ class TorchRunner:
         self.model = None
 
 
-def torch_model(run, key: str):
-    """(model, note, input specs) for a run-directory model key; EdgekdError when its stage is absent.
-    The specs (name -> (dtype, per-sample shape)) make stand-in inputs when no test data is at hand."""
-    from edgekd.models.io import load_model
-
-    if key == "teacher_fp32":
-        (model, config), note = load_model(run.artifact("teacher", "weights"), run.artifact("teacher", "config")), None
-    elif key == "student_fp32":
-        (model, config), note = load_model(run.artifact("distill", "weights"), run.artifact("distill", "config")), None
-    elif key == "baseline_fp32":
-        (model, config), note = (load_model(run.artifact("distill", "baseline_weights"),
-                                            run.artifact("distill", "baseline_config")),
-                                 "the same student trained without KD")
-    elif key == "student_int8_qdq":
-        from edgekd.stages.qat import load_quantized_student
-
-        (model, config), note = load_quantized_student(run), "ModelOpt fake-quant: INT8 simulated in FP32 kernels"
-    else:
-        raise EdgekdError(f"no PyTorch model '{key}': use teacher_fp32, student_fp32, baseline_fp32 or student_int8_qdq")
-    specs = {n: (m.get("dtype", "float32"), tuple(m["shape"])) for n, m in config["modalities"].items()}
-    if key in ("student_fp32", "baseline_fp32"):
-        from edgekd.models.student import inference_form
-
-        model = inference_form(model)  # the form the ONNX export runs: same outputs, fewer kernels
-    return model, note, specs
-
-
-TORCH_KEYS = ("teacher_fp32", "student_fp32", "baseline_fp32", "student_int8_qdq")
 
 
 def torch_available(backend: str) -> str | None:

@@ -29,8 +29,8 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from edgekd import __version__
 from edgekd.errors import DataError, DownloadError

@@ -14,7 +14,7 @@ import torch
 
 from edgekd import distributed as dist
 from edgekd.data.base import Dataset
-from edgekd.rundir import atomic_path, atomic_write_json
+from edgekd.files import atomic_path, atomic_write_json
 
 _FILES = ("logits", "features")
 

@@ -26,8 +26,8 @@ from edgekd.distill.augment import augment
 from edgekd.distill.cache import SelfTargets, TeacherTargets
 from edgekd.distill.losses import Projectors, distill_loss
 from edgekd.errors import CheckpointError, TrainingError
+from edgekd.files import atomic_path
 from edgekd.recipe import Optim
-from edgekd.rundir import atomic_path
 
 
 @dataclass

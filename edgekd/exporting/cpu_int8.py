@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import ExportError
-from edgekd.rundir import atomic_path
+from edgekd.files import atomic_path
 
 
 class _Reader:

@@ -18,11 +18,11 @@ import onnx
 import torch
 from torch import nn
 
+from edgekd.contract import OUTPUTS
 from edgekd.errors import ExportError
-from edgekd.rundir import atomic_path
+from edgekd.files import atomic_path
 
 OPSET = 17
-OUTPUTS = ("logits", "embedding")
 
 
 class _Positional(nn.Module):

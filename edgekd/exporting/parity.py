@@ -2,7 +2,9 @@
 at a larger batch, then its accuracy on the whole test split through onnxruntime.
 
 A rung compares every output (max abs diff against a tolerance) and the top-1 class. A failed
-rung raises ExportError naming the model, the output, the diff and the tolerance.
+rung raises ExportError naming the model, the output, the diff and the tolerance. The exported
+side runs through the device runtime's OrtRunner, the same code `predict` and `bench` use; every
+bound is recorded in the unit it is checked in (absolute logit difference).
 """
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from edgekd.contract import OUTPUTS, to_numpy
 from edgekd.errors import ExportError
-from edgekd.exporting.onnx_export import OUTPUTS
 
 
 @dataclass
@@ -26,20 +28,7 @@ class Rung:
 
 def torch_outputs(model, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     with torch.no_grad():
-        out = model({k: torch.from_numpy(v) for k, v in batch.items()})
-    return {"logits": out.logits.float().numpy(), "embedding": out.features.float().numpy()}
-
-
-def ort_session(path, threads: int = 1):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def ort_outputs(session, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return dict(zip(OUTPUTS, session.run(list(OUTPUTS), batch)))
+        return to_numpy(model({k: torch.from_numpy(v) for k, v in batch.items()}))
 
 
 def compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], tolerance: float = 0.0) -> dict:
@@ -54,12 +43,14 @@ def compare(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], tolerance: f
             "decisive_agreement": float(same[decisive].mean()) if decisive.any() else 1.0}
 
 
-def run_rung(rung: Rung, model, session, batches: dict[int, dict[str, np.ndarray]]) -> dict:
-    """Compare on each batch size; raise on the first output over tolerance."""
-    result = {"reference": rung.reference, "tolerance": rung.tolerance, "min_agreement": rung.min_agreement,
-              "batches": {}}
+def run_rung(rung: Rung, model, runner, batches: dict[int, dict[str, np.ndarray]]) -> dict:
+    """Compare `model` (PyTorch) with `runner` (the exported model, e.g. an OrtRunner) on each batch
+    size; raise on the first output over tolerance. `bound` is the absolute logit bound each batch
+    was held to (for a relative rung: the tolerance times the batch's largest |logit|, at least 1)."""
+    result = {"reference": rung.reference, "tolerance": rung.tolerance, "relative": rung.relative,
+              "min_agreement": rung.min_agreement, "batches": {}}
     for size, batch in batches.items():
-        got = ort_outputs(session, batch)
+        got = runner.run(batch)
         for k in OUTPUTS:
             if got[k].shape != (size, *got[k].shape[1:]):
                 raise ExportError(f"{rung.name}: output '{k}' has batch {got[k].shape[0]} for an input batch of {size}; "
@@ -67,6 +58,7 @@ def run_rung(rung: Rung, model, session, batches: dict[int, dict[str, np.ndarray
         ref = torch_outputs(model, batch)
         base = rung.tolerance * (max(1.0, float(np.abs(ref["logits"]).max())) if rung.relative else 1.0)
         c = compare(ref, got, base)
+        c["bound"] = base
         result["batches"][size] = c
         for k in OUTPUTS:
             # the embedding may be on another scale than the logits: hold it to the same relative error
@@ -82,13 +74,16 @@ def run_rung(rung: Rung, model, session, batches: dict[int, dict[str, np.ndarray
                               "samples whose top-2 logits are further apart than the tolerance")
     result["max_abs_diff"] = max(c["max_abs_diff"]["logits"] for c in result["batches"].values())
     result["top1_agreement"] = min(c["top1_agreement"] for c in result["batches"].values())
+    worst = max(result["batches"].values(), key=lambda c: c["max_abs_diff"]["logits"])
+    result["bound"] = worst["bound"]  # the bound of the batch the largest diff came from
     return result
 
 
-def ort_accuracy(session, inputs: dict[str, np.ndarray], labels: np.ndarray, batch_size: int = 256) -> tuple[float, np.ndarray]:
+def accuracy(runner, inputs: dict[str, np.ndarray], labels: np.ndarray, batch_size: int = 256) -> tuple[float, np.ndarray]:
+    """(top-1 accuracy, predictions) of an exported model over a split, through its runner."""
     preds = []
     for i in range(0, len(labels), batch_size):
-        out = session.run(["logits"], {k: v[i : i + batch_size] for k, v in inputs.items()})[0]
+        out = runner.run({k: v[i : i + batch_size] for k, v in inputs.items()})["logits"]
         preds.append(out.argmax(1))
     preds = np.concatenate(preds)
     return round(float((preds == labels).mean()), 4), preds

@@ -2,35 +2,9 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
-from typing import Callable, NamedTuple
 
 from edgekd.errors import RecipeError
-
-
-class ModelOutput(NamedTuple):
-    logits: "object"  # (B, C)
-    features: "object"  # (B, D) fused embedding, the feature-KD target
-    modality_features: dict  # modality -> (B, D_m) per-modality embedding
-
-
-@dataclass(frozen=True)
-class Entry:
-    name: str
-    role: str  # "teacher" or "student"
-    factory: Callable
-    description: str
-
-
-_REGISTRY: dict[str, Entry] = {}
-
-
-def register_model(name: str, role: str, description: str):
-    def wrap(factory):
-        _REGISTRY[name] = Entry(name, role, factory, description)
-        return factory
-
-    return wrap
+from edgekd.models.registry import _REGISTRY, Entry, ModelOutput, register_model  # noqa: F401  (re-exported)
 
 
 def _load_builtin():

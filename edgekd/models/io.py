@@ -11,8 +11,8 @@ from pathlib import Path
 
 from edgekd.data.base import ModalitySpec
 from edgekd.errors import CheckpointError, RecipeError
+from edgekd.files import atomic_path, atomic_write_json
 from edgekd.models import create_model
-from edgekd.rundir import atomic_path, atomic_write_json
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 

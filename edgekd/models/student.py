@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from edgekd.data.base import ModalitySpec
-from edgekd.models import ModelOutput, register_model
+from edgekd.models.registry import ModelOutput, register_model
 
 
 def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -223,7 +223,7 @@ class FoldedLateStudent(nn.Module):
     Export only; training and the TensorRT QDQ model (whose quantizers belong to each Linear) use
     the unfolded student."""
 
-    def __init__(self, student: "FusedStudent"):
+    def __init__(self, student: FusedStudent):
         super().__init__()
         if not student.late:
             raise ValueError("only a late-fusion student folds")

@@ -15,7 +15,7 @@ from torch import nn
 
 from edgekd.data.base import ModalitySpec
 from edgekd.errors import CheckpointError
-from edgekd.models import ModelOutput, register_model
+from edgekd.models.registry import ModelOutput, register_model
 
 
 def _load_pretrained(directory: str, modality: str):

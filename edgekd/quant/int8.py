@@ -7,15 +7,16 @@ import contextlib
 import fnmatch
 import io
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import torch
 from torch import nn
 
 from edgekd.errors import CheckpointError, RecipeError
-from edgekd.recipe import QatConfig, suggest
-from edgekd.rundir import atomic_path
+from edgekd.files import atomic_path
+from edgekd.recipe import QatConfig
+from edgekd.schema import suggest
 
 _QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 

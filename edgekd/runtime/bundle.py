@@ -15,20 +15,20 @@ re-hashes every file, so a file changed or swapped after export is refused, neve
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from edgekd import __version__
+from edgekd.contract import BUNDLE_FORMAT
 from edgekd.errors import BundleError, UsageError
+from edgekd.files import is_write_error, os_error, remove_leftovers, sha256_file, swap_dir, temp_dir_beside
 
-FORMAT, VERSION = "edgekd.bundle", 1
+FORMAT, VERSION = BUNDLE_FORMAT, 1
 MANIFEST = "manifest.json"
 META_FILES = ("io_spec.json", "preprocess.json", "labels.json")
 MODEL_SUFFIXES = (".onnx", ".engine", ".plan", ".trt")  # an unlisted one of these could be run by mistake
@@ -64,9 +64,8 @@ def write_bundle(dest: Path, *, name: str, models: dict[str, dict], model_files:
     if dest.exists() and not (dest.is_dir() and ((dest / MANIFEST).is_file() or not any(dest.iterdir()))):
         raise BundleError(f"{dest} exists and is not an edgekd bundle: move it away or write the bundle elsewhere")
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(dest)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    remove_leftovers(dest)
+    tmp = temp_dir_beside(dest)
     try:
         model_meta = {}
         for key, meta in models.items():
@@ -102,7 +101,12 @@ def write_bundle(dest: Path, *, name: str, models: dict[str, dict], model_files:
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "edgekd_version": __version__, "models": model_meta, "default_model": default, "files": files}
         _write(tmp / MANIFEST, _dumps(manifest))  # last: a directory without it never loads
-        _swap_in(tmp, dest)
+        swap_dir(tmp, dest)
+    except OSError as e:  # a full disk, a read-only folder: one line, the old bundle untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_write_error(e):
+            raise os_error(e, dest) from e
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -131,8 +135,8 @@ def add_model(bundle_dir: Path, key: str, file: Path, meta: dict, *,
             raise BundleError(f"cannot add {name!r} to the bundle: give a plain file name")
         if name in manifest["files"] and name not in dropped:
             raise BundleError(f"bundle already holds {name} for another model: use another model key")
-    _remove_leftovers(dest)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    remove_leftovers(dest)
+    tmp = temp_dir_beside(dest)
     try:
         shutil.copytree(dest, tmp, dirs_exist_ok=True)
         for name in dropped:
@@ -146,38 +150,16 @@ def add_model(bundle_dir: Path, key: str, file: Path, meta: dict, *,
                                    **({"extra_files": sorted(extra)} if extra else {})}
         _check_manifest(manifest)
         _write(tmp / MANIFEST, _dumps(manifest))  # last, as in write_bundle
-        _swap_in(tmp, dest)
+        swap_dir(tmp, dest)
+    except OSError as e:  # a full disk, a read-only folder: one line, the old bundle untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_write_error(e):
+            raise os_error(e, dest) from e
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
-
-
-def _remove_leftovers(dest: Path) -> None:
-    """Temp/old directories a killed writer left beside `dest` (they never load: names start with '.')."""
-    for p in dest.parent.glob(f".{dest.name}.tmp-*"):
-        shutil.rmtree(p, ignore_errors=True)
-    for p in dest.parent.glob(f".{dest.name}.old-*"):
-        shutil.rmtree(p, ignore_errors=True)
-
-
-def _swap_in(tmp: Path, dest: Path) -> None:
-    # rename() cannot replace a non-empty directory, so the old bundle steps aside first; a crash in
-    # between leaves no bundle at `dest` (an error on load), never a mix of two.
-    old = None
-    if dest.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-        os.replace(dest, old / "bundle")
-    os.replace(tmp, dest)
-    os.chmod(dest, 0o777 & ~_umask())  # mkdtemp makes 0700; a bundle is an ordinary directory
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _dumps(obj) -> str:
@@ -195,16 +177,6 @@ def _write(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-
-
-def sha256_file(path: Path) -> str:
-    """Streaming sha256 of a file (the run directory uses this one too; it lives here because the
-    device runtime may import nothing outside edgekd.runtime)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- loading

@@ -124,3 +124,34 @@ def _tokenizer(bundle, name: str, p: dict):
         return Tokenizer.from_file(str(bundle.path / rel))
     except Exception as e:  # tokenizers raises a bare Exception on a bad file
         raise BundleError(f"bundle file {rel} is not a tokenizer ({str(e).splitlines()[0][:120]}); {FIX}") from None
+
+
+def route(bundle_dir, by_kind: dict[str, str | None], named: list[str] | None = None) -> dict:
+    """The keyword arguments of `predict` from command-line values: `by_kind` maps a modality kind
+    (image, audio, text, vector) to a value for the bundle's one input of that kind; `named` holds
+    NAME=VALUE items for any input. Vectors are comma-separated numbers."""
+    kinds = input_kinds(load_bundle(bundle_dir))
+    values: dict[str, str] = {}
+    for kind, value in by_kind.items():
+        if value is None:
+            continue
+        same = [n for n, k in kinds.items() if k == kind]
+        name = kind if kind in kinds else (same[0] if len(same) == 1 else None)
+        if name is None:
+            raise UsageError(f"--{kind}: this bundle has {'no' if not same else 'several'} {kind} inputs "
+                             f"({', '.join(f'{n}: {k}' for n, k in kinds.items())}); use --input NAME=VALUE")
+        values[name] = value
+    for item in named or []:
+        if "=" not in item:
+            raise UsageError(f"--input {item!r}: expected NAME=VALUE, e.g. --input image=x.png")
+        name, value = item.split("=", 1)
+        values[name.strip()] = value
+    vectors = {}
+    for n, v in values.items():
+        if kinds.get(n) == "vector":
+            try:
+                vectors[n] = [float(x) for x in v.strip("[] ").split(",") if x.strip()]
+            except ValueError:
+                raise UsageError(f"--{n} {v!r}: expected comma-separated numbers, e.g. 0.5,1,2") from None
+    files = {n: v for n, v in values.items() if kinds.get(n) in ("image", "audio") or n not in kinds}
+    return {"files": files, "texts": {n: v for n, v in values.items() if kinds.get(n) == "text"}, "vectors": vectors}

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import BundleError
-from edgekd.runtime.runner import check_inputs
+from edgekd.runtime.inputs import check_inputs
 
 REBUILD = "rebuild it on the target with `edgekd build BUNDLE_DIR --target {target}` (or run its trtexec.sh there)"
 
@@ -40,7 +40,7 @@ def check_engine_compat(build: dict, current: dict, engine: str = "the engine") 
 
 
 def _require_trt() -> None:
-    from edgekd.trt.env import trt_available
+    from edgekd.runtime.trt_env import trt_available
 
     ok, why = trt_available()
     if not ok:
@@ -59,7 +59,7 @@ def engine_key(bundle, key: str | None) -> str:
         what = f"built from model {key}" if key else ""
         raise BundleError(f"this bundle has no TensorRT engine {what}".rstrip() + "; build one on this device with "
                           f"`edgekd build {bundle.path} --target NAME`, or use --backend onnxruntime")
-    from edgekd.trt.env import current_env
+    from edgekd.runtime.trt_env import current_env
 
     here = current_env()
     for k in sorted(engines, key=lambda k: models[k].get("source") != "student_int8_qdq"):
@@ -93,7 +93,7 @@ class TrtRunner:
     """One engine, one execution context, one CUDA stream; device buffers grow with the batch."""
 
     def __init__(self, path, build: dict | None = None):
-        from edgekd.trt.env import cuda_check, cudart, current_env
+        from edgekd.runtime.trt_env import cuda_check, cudart, current_env
 
         _require_trt()
         import tensorrt as trt

@@ -8,20 +8,25 @@ require_trt). Manifest metrics: `engine`, `tensorrt_version`, `device`, `int8_la
 `build_seconds`, `identical` (build_twice) -- or `skipped` and `trtexec`; `target` always.
 
 The work itself lives in edgekd.trt.bundle_build, which is torch-free: a device with a copied
-bundle and no run directory uses build_bundle from there (re-exported here).
+bundle and no run directory uses build_bundle from there (re-exported here). Adding the engine
+changes the bundle's own manifest, not the export stage's record: the run manifest records the
+bundle as a directory that its own manifest verifies.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgekd.rundir import RunDir
 from edgekd.trt.bundle_build import add_engine_to_bundle, build_bundle, build_or_skip, metrics
 from edgekd.trt.targets import load_target
 
-__all__ = ["run_build", "build_bundle"]
+if TYPE_CHECKING:  # the device imports this module for `summary`: no run directory code at run time
+    from edgekd.rundir import RunDir
+
+__all__ = ["run", "build_bundle", "summary"]
 
 
-def run_build(run: RunDir, data_root=None, resume: bool = False, progress=None, *, target: str | None = None,
+def run(run: RunDir, data_root=None, resume: bool = False, progress=None, *, target: str | None = None,
               require_trt: bool | None = None, model: str | None = None, build_twice: bool | None = None,
               timing_cache_dir: Path | None = None) -> dict:
     """Build (or skip with a trtexec script) for `target` (default recipe.build.target). Keyword
@@ -46,15 +51,14 @@ def run_build(run: RunDir, data_root=None, resume: bool = False, progress=None, 
         outputs.update(engine=result["engine"], build_json=result["build_json"], layers=result["layers_json"])
         if (bundle / "manifest.json").is_file():
             m["bundle_model"] = add_engine_to_bundle(bundle, result, model, tgt)
-            _rehash_export_bundle(run, bundle)
     run.record("build", started=started, outputs=outputs, inputs={"onnx": onnx_path}, metrics=m,
                status="done" if result["status"] == "done" else "skipped", extra=extra)
     return m
 
 
-def _rehash_export_bundle(run: RunDir, bundle: Path) -> None:
-    """The bundle is the export stage's output, now holding an engine too: record its new manifest
-    hash there, or the export stage would look changed and re-run (dropping the engine)."""
-    export = run.manifest["stages"].get("export") or {}
-    if "bundle_manifest" in export.get("outputs", {}):
-        export["outputs"]["bundle_manifest"] = run._file_entry(bundle / "manifest.json")
+def summary(m: dict) -> str:
+    if m.get("skipped"):
+        return f"build ({m['target']}): skipped: {m['skipped']}; the equivalent command is in {m['trtexec']}"
+    same = "" if m.get("identical") is None else f"; two builds {'identical' if m['identical'] else 'differ'}"
+    return (f"build ({m['target']}): {m['engine']} with TensorRT {m['tensorrt_version']} on {m['device']}, "
+            f"INT8 layers {100 * m['int8_layer_fraction']:.0f}%, {m['build_seconds']:.0f} s{same}")

@@ -11,14 +11,14 @@ from edgekd.distill.cache import TeacherTargets
 from edgekd.distill.evaluate import evaluate
 from edgekd.distill.losses import Projectors
 from edgekd.distill.trainer import Job, train
-from edgekd.errors import RecipeError, RunDirError
+from edgekd.errors import RecipeError
+from edgekd.files import atomic_path, atomic_write_json, sha256_file
 from edgekd.models import count_flops, count_params, create_model
-from edgekd.models.io import load_model
 from edgekd.plots import confusion_png
-from edgekd.recipe import recipe_hash, suggest
-from edgekd.rundir import RunDir, atomic_path, atomic_write_json, sha256_file
-from edgekd.stages import threads
-from edgekd.stages.teacher import example_batch
+from edgekd.recipe import recipe_hash
+from edgekd.rundir import RunDir
+from edgekd.schema import suggest
+from edgekd.stages.common import check_data, example_batch, load_model, pct, threads
 
 
 def student_modalities(recipe, data) -> list[str]:
@@ -67,15 +67,13 @@ def _fit_student(run, recipe, data, names, label, targets, resume, progress, kd:
     return student, history, files
 
 
-def run_distill(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dict:
+def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dict:
     r = run.recipe
     with threads(r.threads):
         teacher_w, teacher_c = run.artifact("teacher", "weights"), run.artifact("teacher", "config")
-        teacher, _ = load_model(teacher_w, teacher_c)
+        teacher, _ = load_model(run, "teacher")
         data = load_dataset(r, data_root)
-        if run.stage("teacher").get("data_fingerprint") not in (None, data.fingerprint()):
-            raise RunDirError(f"the teacher in {run.path} was trained on other data than --data-root / EDGEKD_DATA "
-                              f"gives now; re-run `edgekd teacher {run.path}` or point at the same data")
+        check_data(run, "teacher", data)
         teacher_names = list(teacher.names)
         names = student_modalities(r, data)
         started = run.begin("distill")
@@ -119,11 +117,19 @@ def run_distill(run: RunDir, data_root=None, resume: bool = False, progress=None
             metrics["baseline_accuracy"] = None
             metrics["kd_gain"] = None
         outputs["eval"] = atomic_write_json(run.stage_dir("distill") / "eval.json", report)
-        outputs["confusion"] = confusion_png(result["confusion"], data.classes,
-                                             f"student, test accuracy {result['accuracy']:.3f}",
-                                             run.stage_dir("distill") / "confusion.png")
+        png = confusion_png(result["confusion"], data.classes, f"student, test accuracy {result['accuracy']:.3f}",
+                            run.stage_dir("distill") / "confusion.png")
+        if png is not None:  # None where matplotlib is not installed
+            outputs["confusion"] = png
         run.record("distill", started=started, outputs=outputs,
                    inputs={"teacher_weights": teacher_w, "teacher_config": teacher_c}, metrics=metrics,
                    extra={"cache": str(cache_dir.relative_to(run.path)) if cache_dir else None,
                           "data_fingerprint": data.fingerprint()})
     return metrics
+
+
+def summary(m: dict) -> str:
+    gain = ("" if m.get("kd_gain") is None
+            else f", no-KD baseline {pct(m['baseline_accuracy'])}, KD gain {100 * m['kd_gain']:+.1f} pt")
+    return (f"distill: student accuracy {pct(m['accuracy'])} (teacher {pct(m['teacher_accuracy'])}){gain}; "
+            f"{m['params']:,} params (1/{m['teacher_params_ratio']:.0f} of the teacher)")

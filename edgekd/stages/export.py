@@ -3,8 +3,10 @@ onnxruntime's CPU provider, teacher FP32), the parity ladder, the offline Tensor
 device bundle.
 
 Writes export/*.onnx, export/parity.json, export/lint.json + lint.md, and bundle/ (its own
-manifest holds the sha256 of every file). Manifest metrics: per artifact `max_abs_diff`,
-`top1_agreement`, `accuracy` (through onnxruntime on the test split).
+manifest holds the sha256 of every file; the build stage may add an engine to it later, so the
+run manifest records the bundle as a directory, verified through that manifest). Manifest
+metrics: per artifact `max_abs_diff`, `bound`, `top1_agreement`, `accuracy` (through onnxruntime
+on the test split).
 """
 from __future__ import annotations
 
@@ -15,19 +17,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgekd.contract import io_spec
 from edgekd.data import load_dataset
 from edgekd.distill.evaluate import predict
-from edgekd.errors import ExportError, RunDirError
+from edgekd.errors import ExportError
 from edgekd.exporting.cpu_int8 import quantize_for_cpu
-from edgekd.exporting.lint import check, format_report, lint_onnx
 from edgekd.exporting.onnx_export import OPSET, export_onnx
-from edgekd.exporting.parity import Rung, ort_accuracy, ort_session, run_rung
-from edgekd.models.io import load_model
+from edgekd.exporting.parity import Rung, accuracy, run_rung
+from edgekd.files import atomic_path, atomic_write_json, atomic_write_text
 from edgekd.models.student import inference_form
-from edgekd.rundir import RunDir, atomic_path, atomic_write_json, atomic_write_text
+from edgekd.rundir import RunDir
 from edgekd.runtime.bundle import write_bundle
-from edgekd.stages import threads
-from edgekd.stages.qat import load_fp32_student, load_quantized_student
+from edgekd.runtime.runner import OrtRunner
+from edgekd.stages.common import check_data, load_model, pct, threads
+from edgekd.trt.lint import check, format_report, lint_onnx
 
 # what each artifact is, for the bundle and the bench
 KINDS = {
@@ -36,17 +39,6 @@ KINDS = {
     "student_int8_cpu": {"role": "student", "precision": "int8", "target": "cpu"},
     "teacher_fp32": {"role": "teacher", "precision": "fp32", "target": "any"},
 }
-
-
-def _io_spec(specs: dict, num_classes: int, embed_dim: int) -> dict:
-    return {"inputs": [{"name": n, "kind": s["kind"], "dtype": s["dtype"], "shape": ["batch", *s["shape"]]}
-                       for n, s in specs.items()],
-            "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", num_classes]},
-                        {"name": "embedding", "dtype": "float32", "shape": ["batch", embed_dim]}]}
-
-
-def _bundle_preprocess(data, names: list[str]) -> dict:
-    return {n: data.preprocess[n] for n in names}
 
 
 def _folded_fp32(quant: torch.nn.Module) -> torch.nn.Module:
@@ -61,99 +53,143 @@ def _folded_fp32(quant: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
-def run_export(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dict:
+# --------------------------------------------------------------------------- the steps
+
+
+def export_student(fp32, quant, example, out: Path) -> dict[str, Path]:
+    """Student FP32 and INT8 QDQ. onnxruntime and the CPU get the late-fusion tail folded into one
+    Gemm (fewer kernel launches); the parity ladder checks it against the unfolded PyTorch model.
+    The QDQ model stays unfolded: it is TensorRT's, whose own fusions do this."""
+    return {"student_fp32": export_onnx(inference_form(fp32), example, out / "student_fp32.onnx"),
+            "student_int8_qdq": export_onnx(quant, example, out / "student_int8_qdq.onnx", quantized=True)}
+
+
+def export_cpu_int8(quant, example, train, names, seed: int, cfg, out: Path) -> Path:
+    """onnxruntime's own INT8 model, calibrated on real train batches of 64."""
+    order = np.random.default_rng([seed, 11]).permutation(len(train))
+    calib = [{n: train.inputs[n][order[i : i + 64]] for n in names}
+             for i in range(0, min(len(order), 64 * cfg.cpu_calib_batches), 64)]
+    with tempfile.TemporaryDirectory() as tmp:
+        folded = export_onnx(inference_form(_folded_fp32(quant)), example, Path(tmp) / "folded.onnx")
+        return quantize_for_cpu(folded, out / "student_int8_cpu.onnx", calib, cfg.cpu_calib_method)
+
+
+def export_teacher(teacher, test, out: Path) -> Path:
+    example = {n: torch.from_numpy(test.inputs[n][:2]) for n in teacher.names}
+    return export_onnx(teacher, example, out / "teacher_fp32.onnx")
+
+
+def lint(files: dict[str, Path], out: Path) -> dict[str, Path]:
+    """The offline TensorRT lint of every model TensorRT may be given (the CPU model is
+    onnxruntime's own format); raises on a violation after writing the report."""
+    reports = {k: lint_onnx(p, expect_qdq=k == "student_int8_qdq") for k, p in files.items() if k != "student_int8_cpu"}
+    written = {"lint": atomic_write_json(out / "lint.json", reports),
+               "lint_md": atomic_write_text(out / "lint.md", "\n".join(format_report(v) for v in reports.values()))}
+    for report in reports.values():
+        check(report)
+    return written
+
+
+def rungs(cfg) -> dict[str, Rung]:
+    return {"student_fp32": Rung("student_fp32", "pytorch fp32", cfg.fp32_tolerance, 1.0),
+            "teacher_fp32": Rung("teacher_fp32", "pytorch fp32", cfg.fp32_tolerance, 1.0),
+            "student_int8_qdq": Rung("student_int8_qdq", "pytorch fake-quant", cfg.qdq_tolerance,
+                                     cfg.qdq_min_agreement, relative=True),
+            # its own calibration: held to agreement, not to a logit tolerance
+            "student_int8_cpu": Rung("student_int8_cpu", "pytorch fake-quant", float("inf"), 0.0)}
+
+
+def parity(files: dict[str, Path], models: dict, test, cfg, threads_: int) -> tuple[dict, dict]:
+    """(parity report, metrics): each ONNX model through OrtRunner against its PyTorch model at
+    batch 1 and a larger batch, then its accuracy and top-1 agreement over the whole test split."""
+    # the CPU model's own calibration moves near-tied logits, so its agreement is judged over the
+    # whole test split rather than per small batch
+    min_test_agreement = {"student_int8_cpu": cfg.cpu_int8_min_agreement}
+    ladder, n = rungs(cfg), len(test)
+    report, metrics = {}, {}
+    for key, path in files.items():
+        names = list(models[key].names)
+        big = max(2, min(cfg.parity_batch, n - 1))  # a small test split caps the larger batch
+        batches = {1: {m: test.inputs[m][:1] for m in names}, big: {m: test.inputs[m][1 : 1 + big] for m in names}}
+        runner = OrtRunner(path, threads=threads_)
+        try:
+            report[key] = run_rung(ladder[key], models[key], runner, batches)
+            acc, preds = accuracy(runner, {m: test.inputs[m] for m in names}, test.labels)
+        finally:
+            runner.close()
+        ref = predict(models[key], test, names).argmax(1)
+        report[key].update({"accuracy": acc, "test_top1_agreement": round(float((preds == ref).mean()), 4)})
+        if report[key]["test_top1_agreement"] < min_test_agreement.get(key, 0.0):
+            raise ExportError(f"parity: {key} agrees with {ladder[key].reference} on "
+                              f"{report[key]['test_top1_agreement']:.3f} of the test split < "
+                              f"recipe.export.cpu_int8_min_agreement {min_test_agreement[key]}; calibrate on more "
+                              "batches (export.cpu_calib_batches) or another export.cpu_calib_method")
+        metrics[key] = {k: report[key][k] for k in ("max_abs_diff", "bound", "top1_agreement", "test_top1_agreement",
+                                                    "accuracy")}
+        metrics[key]["bytes"] = path.stat().st_size
+    return report, metrics
+
+
+def bundle(run: RunDir, data, test, files, metrics, config, embed_dim: int, input_names: list[str]) -> Path:
+    """The device bundle: the models, io_spec, preprocess parameters, labels and (optionally) the
+    test split's model inputs, so `edgekd bench` on a device reports accuracy on its own backend."""
+    flops = {"student": run.stage("distill")["metrics"].get("flops"),
+             "teacher": run.stage("teacher")["metrics"].get("flops")}
+    models = {k: {**KINDS[k], "accuracy": metrics[k]["accuracy"], "flops": flops[KINDS[k]["role"]]} for k in files}
+    extra = {}
+    if run.recipe.export.testset:  # every model input of the test split + labels, no pickles (allow_pickle=False)
+        out = run.stage_dir("export") / "testset.npz"
+        arrays = {f"input.{m}": test.inputs[m] for m in input_names}
+        with atomic_path(out) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, labels=test.labels.astype(np.int64), **arrays)
+        extra["testset.npz"] = out
+    return write_bundle(run.path / "bundle", name=run.recipe.name, models=models, model_files=files,
+                        io_spec=io_spec(config["modalities"], len(data.classes), embed_dim),
+                        preprocess={n: data.preprocess[n] for n in input_names},
+                        labels=list(data.classes), extra_files=extra)
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dict:
     r, e = run.recipe, run.recipe.export
     with threads(r.threads):
         data = load_dataset(r, data_root)
-        if run.stage("qat") and run.stage("qat").get("data_fingerprint") not in (None, data.fingerprint()):
-            raise RunDirError(f"the models in {run.path} were trained on other data than --data-root / EDGEKD_DATA "
-                              "gives now; point at the same data or re-run the pipeline")
-        fp32, config = load_fp32_student(run)
-        quant, _ = load_quantized_student(run)
-        teacher = None
-        if e.teacher:
-            teacher, _ = load_model(run.artifact("teacher", "weights"), run.artifact("teacher", "config"))
+        check_data(run, "qat", data)
+        fp32, config = load_model(run, "student")
+        quant, _ = load_model(run, "qat")
+        teacher = load_model(run, "teacher")[0] if e.teacher else None
         started = run.begin("export")
         out = run.stage_dir("export")
         test, names = data.split("test"), list(fp32.names)
         example = {n: torch.from_numpy(test.inputs[n][:2]) for n in names}
 
         models = {"student_fp32": fp32, "student_int8_qdq": quant}
-        # onnxruntime and the CPU get the late-fusion tail folded into one Gemm (fewer kernel launches);
-        # the parity ladder checks the folded graphs against the unfolded PyTorch models
-        files = {"student_fp32": export_onnx(inference_form(fp32), example, out / "student_fp32.onnx"),
-                 "student_int8_qdq": export_onnx(quant, example, out / "student_int8_qdq.onnx", quantized=True)}
+        files = export_student(fp32, quant, example, out)
         if teacher is not None:
-            t_example = {n: torch.from_numpy(test.inputs[n][:2]) for n in teacher.names}
-            files["teacher_fp32"] = export_onnx(teacher, t_example, out / "teacher_fp32.onnx")
-            models["teacher_fp32"] = teacher
+            files["teacher_fp32"], models["teacher_fp32"] = export_teacher(teacher, test, out), teacher
         if e.cpu_int8:
-            train = data.split("train", 0)
-            order = np.random.default_rng([r.seed, 11]).permutation(len(train))
-            calib = [{n: train.inputs[n][order[i : i + 64]] for n in names}
-                     for i in range(0, min(len(order), 64 * e.cpu_calib_batches), 64)]
-            with tempfile.TemporaryDirectory() as tmp:
-                folded = export_onnx(inference_form(_folded_fp32(quant)), example, Path(tmp) / "folded.onnx")
-                files["student_int8_cpu"] = quantize_for_cpu(folded, out / "student_int8_cpu.onnx", calib,
-                                                             e.cpu_calib_method)
+            files["student_int8_cpu"] = export_cpu_int8(quant, example, data.split("train", 0), names, r.seed, e, out)
             models["student_int8_cpu"] = quant
-
-        # offline TensorRT lint: the models TensorRT may be given (the CPU model is onnxruntime's own format)
-        lint = {k: lint_onnx(p, expect_qdq=k == "student_int8_qdq") for k, p in files.items() if k != "student_int8_cpu"}
-        lint_json = atomic_write_json(out / "lint.json", lint)
-        lint_md = atomic_write_text(out / "lint.md", "\n".join(format_report(v) for v in lint.values()))
-        for report in lint.values():
-            check(report)
-
-        rungs = {"student_fp32": Rung("student_fp32", "pytorch fp32", e.fp32_tolerance, 1.0),
-                 "teacher_fp32": Rung("teacher_fp32", "pytorch fp32", e.fp32_tolerance, 1.0),
-                 "student_int8_qdq": Rung("student_int8_qdq", "pytorch fake-quant", e.qdq_tolerance, e.qdq_min_agreement,
-                                          relative=True),
-                 # its own calibration: held to agreement, not to a logit tolerance
-                 "student_int8_cpu": Rung("student_int8_cpu", "pytorch fake-quant", float("inf"), 0.0)}
-        # the CPU model's own calibration moves near-tied logits, so its agreement is judged over the
-        # whole test split rather than per small batch
-        min_test_agreement = {"student_int8_cpu": e.cpu_int8_min_agreement}
-        n = len(test)
-        parity, metrics = {}, {}
-        for key, path in files.items():
-            model_names = list(models[key].names)
-            big = max(2, min(e.parity_batch, n - 1))  # a small test split caps the larger batch
-            batches = {1: {m: test.inputs[m][:1] for m in model_names},
-                       big: {m: test.inputs[m][1 : 1 + big] for m in model_names}}
-            session = ort_session(path, r.threads)
-            parity[key] = run_rung(rungs[key], models[key], session, batches)
-            acc, preds = ort_accuracy(session, {m: test.inputs[m] for m in model_names}, test.labels)
-            ref = predict(models[key], test, model_names).argmax(1)
-            parity[key].update({"accuracy": acc, "test_top1_agreement": round(float((preds == ref).mean()), 4)})
-            if parity[key]["test_top1_agreement"] < min_test_agreement.get(key, 0.0):
-                raise ExportError(f"parity: {key} agrees with {rungs[key].reference} on "
-                                  f"{parity[key]['test_top1_agreement']:.3f} of the test split < "
-                                  f"recipe.export.cpu_int8_min_agreement {min_test_agreement[key]}; calibrate on more "
-                                  "batches (export.cpu_calib_batches) or another export.cpu_calib_method")
-            metrics[key] = {"max_abs_diff": parity[key]["max_abs_diff"], "top1_agreement": parity[key]["top1_agreement"],
-                            "test_top1_agreement": parity[key]["test_top1_agreement"], "accuracy": acc,
-                            "bytes": path.stat().st_size}
-        parity_json = atomic_write_json(out / "parity.json", parity)
-
-        flops = {"student": run.stage("distill")["metrics"].get("flops"),
-                 "teacher": run.stage("teacher")["metrics"].get("flops")}
-        bundle_models = {k: {**KINDS[k], "accuracy": metrics[k]["accuracy"], "flops": flops[KINDS[k]["role"]]}
-                         for k in files}
-        extra = {}
-        if e.testset:  # every model input of the test split + labels, no pickles (np.load allow_pickle=False)
-            arrays = {f"input.{m}": test.inputs[m] for m in dict.fromkeys([*names, *(teacher.names if teacher else [])])}
-            with atomic_path(out / "testset.npz") as tmp:
-                with open(tmp, "wb") as f:
-                    np.savez_compressed(f, labels=test.labels.astype(np.int64), **arrays)
-            extra["testset.npz"] = out / "testset.npz"
-        bundle = write_bundle(run.path / "bundle", name=r.name, models=bundle_models, model_files=files,
-                              io_spec=_io_spec(config["modalities"], len(data.classes), fp32.embed_dim),
-                              preprocess=_bundle_preprocess(data, list(dict.fromkeys([*names, *(teacher.names if teacher else [])]))),
-                              labels=list(data.classes), extra_files=extra)
-        outputs = {**files, "parity": parity_json, "lint": lint_json, "lint_md": lint_md,
-                   "bundle_manifest": bundle / "manifest.json"}
-        run.record("export", started=started, outputs=outputs, metrics={**metrics, "opset": OPSET},
+        lint_files = lint(files, out)
+        report, metrics = parity(files, models, test, e, r.threads)
+        parity_json = atomic_write_json(out / "parity.json", report)
+        inputs = list(dict.fromkeys([*names, *(teacher.names if teacher else [])]))
+        bundle(run, data, test, files, metrics, config, fp32.embed_dim, inputs)
+        run.record("export", started=started, outputs={**files, "parity": parity_json, **lint_files},
+                   metrics={**metrics, "opset": OPSET},
                    inputs={"student_weights": run.artifact("distill", "weights"), "qat_model": run.artifact("qat", "model")},
                    extra={"data_fingerprint": data.fingerprint(), "bundle": "bundle"})
     return metrics
+
+
+def summary(m: dict) -> str:
+    lines = ["export: parity ladder passed; accuracy through onnxruntime (test split):"]
+    for key, v in m.items():
+        if isinstance(v, dict):
+            bound = v.get("bound")
+            held = "" if bound is None or bound == float("inf") else f" (bound {bound:.2g})"
+            lines.append(f"    {key:<18} {pct(v['accuracy']):>6}  max |diff| {v['max_abs_diff']:.2g}{held}  "
+                         f"top-1 agreement {v['top1_agreement']:.3f}  {v['bytes'] / 1024:,.0f} KiB")
+    return "\n".join(lines)

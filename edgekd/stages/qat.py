@@ -14,26 +14,28 @@ from edgekd.data import load_dataset
 from edgekd.distill.cache import SelfTargets, TeacherTargets
 from edgekd.distill.evaluate import evaluate
 from edgekd.distill.trainer import Job, train
-from edgekd.errors import CheckpointError, RunDirError
-from edgekd.models.io import load_model
+from edgekd.errors import CheckpointError
+from edgekd.files import atomic_write_json, atomic_write_text, sha256_file
 from edgekd.quant.fold import fold_batchnorm
-from edgekd.quant.int8 import calibration_batches, check_exclude, quantize, quantizers, restore_quantized, save_quantized
+from edgekd.quant.int8 import (
+    calibration_batches,
+    check_exclude,
+    quantizable_layers,
+    quantize,
+    quantizers,
+    restore_quantized,
+    save_quantized,
+)
 from edgekd.recipe import recipe_hash
-from edgekd.rundir import RunDir, atomic_write_json, atomic_write_text, sha256_file
-from edgekd.stages import threads
+from edgekd.rundir import RunDir
+from edgekd.stages.common import check_data, load_model, pct, threads
 
 
-def load_fp32_student(run: RunDir):
-    return load_model(run.artifact("distill", "weights"), run.artifact("distill", "config"))
-
-
-def load_quantized_student(run: RunDir):
-    """The QAT/QAD student as the qat stage left it: rebuilt from the distill config, folded,
-    restored from ModelOpt's state. Returns (model, config)."""
-    model, config = load_fp32_student(run)
+def list_layers(run: RunDir) -> list[str]:
+    """The distilled student's quantizable layer names, after BatchNorm folding (for qat.exclude)."""
+    model, _ = load_model(run, "student")
     fold_batchnorm(model)
-    model = restore_quantized(model, run.artifact("qat", "model"))
-    return model.eval(), config
+    return quantizable_layers(model, run.recipe.qat.quantize_embeddings)
 
 
 def _variants(q) -> dict[str, tuple[str, str | None]]:
@@ -65,15 +67,13 @@ def _budget(rows: list[tuple[str, float | None]]) -> tuple[list[dict], str]:
     return table, "\n".join(lines) + "\n"
 
 
-def run_qat(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dict:
+def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dict:
     r, q = run.recipe, run.recipe.qat
     with threads(r.threads):
         student_w, student_c = run.artifact("distill", "weights"), run.artifact("distill", "config")
         data = load_dataset(r, data_root)
-        if run.stage("distill").get("data_fingerprint") not in (None, data.fingerprint()):
-            raise RunDirError(f"the student in {run.path} was distilled on other data than --data-root / EDGEKD_DATA "
-                              f"gives now; re-run `edgekd distill {run.path}` or point at the same data")
-        fp32, config = load_fp32_student(run)
+        check_data(run, "distill", data)
+        fp32, config = load_model(run, "student")
         names = list(fp32.names)
         test = data.split("test")
         fp32_result = evaluate(fp32, test, names, data.classes)
@@ -96,12 +96,12 @@ def run_qat(run: RunDir, data_root=None, resume: bool = False, progress=None) ->
         fingerprint = f"{recipe_hash(r)}:{data.fingerprint()}:{sha256_file(student_w)}"
         results, histories, models = {}, {}, {}
         for key, (method, teacher) in variants.items():
-            model, _ = load_fp32_student(run)
+            model, _ = load_model(run, "student")
             fold_batchnorm(model)
             model = restore_quantized(model, ptq_path)
             job = Job(model, names, q, r.seed, out_dir / key / "checkpoint.pt", key, fingerprint=fingerprint)
             if method == "qad" and teacher == "student":
-                reference, _ = load_fp32_student(run)
+                reference, _ = load_model(run, "student")
                 job.targets = SelfTargets(reference)
                 d = r.distill
                 job.loss = {"alpha": d.alpha if q.alpha is None else q.alpha,
@@ -182,7 +182,20 @@ def _qad_objective(run: RunDir, r, student, targets) -> tuple:
 
 def _teacher_targets(run: RunDir, data) -> TeacherTargets:
     """The distill stage's cached teacher outputs (recomputed into the same place if deleted)."""
-    teacher, _ = load_model(run.artifact("teacher", "weights"), run.artifact("teacher", "config"))
+    teacher, _ = load_model(run, "teacher")
     rel = run.stage("distill").get("cache")
     targets = TeacherTargets(teacher, list(teacher.names), data, run.path / rel if rel else None)
     return targets
+
+
+def summary(m: dict) -> str:
+    names = {"qat_accuracy": "QAT", "qad_student_accuracy": "QAD/FP32-student teacher",
+             "qad_distill_accuracy": "QAD/cached teacher"}
+    side = ", ".join(f"{v} {pct(m[k])}" for k, v in names.items() if m.get(k) is not None)
+    lines = [f"qat: INT8 {m['method'].upper()} accuracy {pct(m['accuracy'])} (FP32 {pct(m['fp32_accuracy'])}, "
+             f"PTQ {pct(m['ptq_accuracy'])}; {side}); {m['quantizers_enabled']} quantizers",
+             "  accuracy budget (test split):"]
+    for row in m.get("budget", []):
+        delta = "" if row["delta"] is None else f"  {100 * row['delta']:+.1f} pt vs {row['against']}"
+        lines.append(f"    {row['stage']:<46} {pct(row['accuracy']):>6}{delta}")
+    return "\n".join(lines)

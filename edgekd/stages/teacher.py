@@ -1,7 +1,6 @@
 """The teacher stage: fit the multimodal teacher on the train split, or adopt an existing one."""
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,19 +10,14 @@ from edgekd.data import load_dataset
 from edgekd.distill.evaluate import evaluate
 from edgekd.distill.trainer import Job, train
 from edgekd.errors import CheckpointError, RecipeError
+from edgekd.files import atomic_copy, atomic_write_json
 from edgekd.models import count_flops, count_params, create_model
 from edgekd.models.io import CONFIG, WEIGHTS, load_model_dir, save_model
 from edgekd.plots import confusion_png
-from edgekd.recipe import recipe_hash, suggest
-from edgekd.rundir import RunDir, atomic_path, atomic_write_json
-from edgekd.stages import threads
-
-
-def example_batch(data, names: list[str]) -> dict:
-    import torch
-
-    split = data.split("test")
-    return {n: torch.from_numpy(split.inputs[n][:1]) for n in names}
+from edgekd.recipe import recipe_hash
+from edgekd.rundir import RunDir
+from edgekd.schema import suggest
+from edgekd.stages.common import example_batch, pct, threads
 
 
 def build_teacher(recipe, data):
@@ -58,8 +52,7 @@ def _check_adoptable(run: RunDir, data):
 
 def _copy_teacher(src: Path, out_dir: Path) -> None:
     for name in (WEIGHTS, CONFIG):
-        with atomic_path(out_dir / name) as tmp:
-            shutil.copyfile(src / name, tmp)
+        atomic_copy(src / name, out_dir / name)
 
 
 def check_encoders(recipe, data) -> None:
@@ -68,14 +61,14 @@ def check_encoders(recipe, data) -> None:
             options = [n for n, s in data.modalities.items() if s.kind != "vector"]
             raise RecipeError(f"recipe.teacher.encoders: '{name}' is not an image/audio/text modality of the data"
                               f"{suggest(name, options) or f' (choose from {options})'}")
-    for n, s in data.modalities.items():
+    for s in data.modalities.values():
         if s.kind == "image" and s.shape[1] % recipe.teacher.image_patch:
             divisors = [d for d in range(2, s.shape[1] + 1) if s.shape[1] % d == 0]
             raise RecipeError(f"recipe.teacher.image_patch: {recipe.teacher.image_patch} does not divide the image size "
                               f"{s.shape[1]}; choose one of {divisors}")
 
 
-def run_teacher(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dict:
+def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dict:
     r = run.recipe
     with threads(r.threads):
         data = load_dataset(r, data_root)
@@ -107,8 +100,16 @@ def run_teacher(run: RunDir, data_root=None, resume: bool = False, progress=None
             "accuracy_without": result["accuracy_without"],
         }
         report = atomic_write_json(out_dir / "eval.json", {**result, "history": history})
+        outputs = {**files, "eval": report}
         png = confusion_png(result["confusion"], data.classes, f"teacher, test accuracy {result['accuracy']:.3f}",
                             out_dir / "confusion.png")
-        run.record("teacher", started=started, outputs={**files, "eval": report, "confusion": png}, metrics=metrics,
+        if png is not None:  # None where matplotlib is not installed
+            outputs["confusion"] = png
+        run.record("teacher", started=started, outputs=outputs, metrics=metrics,
                    inputs=inputs, extra={"data_fingerprint": data.fingerprint()})
     return metrics
+
+
+def summary(m: dict) -> str:
+    alone = ", ".join(f"without {k} {pct(v)}" for k, v in m.get("accuracy_without", {}).items())
+    return f"teacher: accuracy {pct(m['accuracy'])} ({alone}); {m['params']:,} params"

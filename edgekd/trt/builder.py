@@ -165,7 +165,7 @@ def build_engine(onnx_path: Path, target: Target, *, quantized: bool, cache_file
         result["identical"] = again == engine
         result["engine_sha256"] = [_sha(engine), _sha(again)]
     if cache_file is not None:
-        from edgekd.rundir import atomic_write_bytes
+        from edgekd.files import atomic_write_bytes
 
         atomic_write_bytes(cache_file, cache)
         result["timing_cache"] = {"file": str(cache_file), "sha256": _sha(cache), "bytes": len(cache)}

@@ -8,17 +8,16 @@ Layout under a build directory (runs/<name>/build/, or <bundle>.build/ beside a 
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
 from edgekd import __version__
 from edgekd.errors import ExportError, UsageError
-from edgekd.exporting.lint import check, lint_onnx
-from edgekd.rundir import atomic_write_bytes, atomic_write_json, sha256_file
+from edgekd.files import atomic_write_bytes, atomic_write_json, sha256_file
+from edgekd.runtime import trt_env
 from edgekd.runtime.bundle import add_model, load_bundle, model_filename
-from edgekd.trt import env as trt_env
+from edgekd.trt.lint import check, lint_onnx
 from edgekd.trt.targets import Target, load_target
 from edgekd.trt.trtexec import trtexec_command, write_trtexec_script
 
@@ -42,13 +41,6 @@ def onnx_input_shapes(path) -> dict[str, tuple[int, ...]]:
             raise ExportError(f"input '{inp.name}' of {Path(path).name} has a dynamic non-batch axis; re-export")
         shapes[inp.name] = tuple(int(d.dim_value) for d in dims)
     return shapes
-
-
-def is_bundle(path) -> bool:
-    try:
-        return json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8")).get("format") == "edgekd.bundle"
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def build_or_skip(onnx_path: Path, target: Target, build_dir: Path, model_key: str, *, require_trt: bool = False,

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, model_validator
 
 from edgekd.errors import RecipeError
-from edgekd.recipe import Strict, read_yaml, suggest
+from edgekd.schema import Strict, read_yaml, suggest
 
 ENV = "EDGEKD_TARGETS"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # becomes part of bundle model keys and file names

@@ -14,7 +14,7 @@ import shlex
 from pathlib import Path
 
 from edgekd import __version__
-from edgekd.rundir import atomic_write_text
+from edgekd.files import atomic_write_text
 from edgekd.trt.targets import Target, precision_plan
 
 

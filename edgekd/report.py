@@ -12,9 +12,11 @@ from pathlib import Path
 
 import yaml
 
-from edgekd.benchmark.results import load_bench, plots, ratios, to_markdown
+from edgekd.benchmark.results import load_bench, ratios, to_markdown
 from edgekd.errors import UsageError
-from edgekd.rundir import RunDir, atomic_write_text
+from edgekd.files import atomic_write_text
+from edgekd.plots import HOW_TO_GET, bench_plots
+from edgekd.rundir import RunDir
 
 NOT_RUN = "not run"
 
@@ -115,14 +117,30 @@ def _parity_section(run: RunDir) -> list[str]:
     if not path.is_file():
         return ["## Parity ladder", "", f"Export {NOT_RUN} (no export/parity.json).", ""]
     ladder = json.loads(path.read_text(encoding="utf-8"))
-    lines = ["## Parity ladder", "", "| model | reference | batches | max abs diff (logits) | tolerance | "
+    lines = ["## Parity ladder", "", "Max abs diff and bound are both absolute logit differences (a relative "
+             "tolerance is shown as the bound it gave on the batch's largest logit).", "",
+             "| model | reference | batches | max abs diff (logits) | bound | "
              "top-1 agreement | test-split agreement | accuracy (onnxruntime) |", "|---|---|---|---|---|---|---|---|"]
     for key, r in ladder.items():
-        tol = r.get("tolerance")
         lines.append(f"| {key} | {r.get('reference')} | {', '.join(map(str, r.get('batches', {})))} | "
-                     f"{r.get('max_abs_diff', float('nan')):.3g} | {'–' if tol in (None, float('inf')) else f'{tol:g}'} | "
+                     f"{r.get('max_abs_diff', float('nan')):.3g} | {_bound(r)} | "
                      f"{_pct(r.get('top1_agreement'))} | {_pct(r.get('test_top1_agreement'))} | {_pct(r.get('accuracy'))} |")
     return lines + [""]
+
+
+def _bound(r: dict) -> str:
+    """The absolute logit bound a rung was held to, on the batch with its largest diff (parity.json
+    files written before bounds were recorded: derived from the tolerance and the batch's scale)."""
+    tol = r.get("tolerance")
+    if tol in (None, float("inf")):
+        return "– (agreement only)"
+    relative = r.get("relative", r.get("reference") == "pytorch fake-quant")
+    batches = [b for b in (r.get("batches") or {}).values() if isinstance(b, dict)]
+    worst = max(batches, key=lambda b: b.get("max_abs_diff", {}).get("logits", 0.0), default={})
+    bound = r.get("bound", worst.get("bound"))
+    if bound is None:
+        bound = tol * max(1.0, worst.get("scale", {}).get("logits", 1.0)) if relative else tol
+    return f"{bound:.3g}" + (f" ({tol:g} × max abs logit)" if relative else "")
 
 
 def newest_bench(run: RunDir) -> Path | None:
@@ -143,10 +161,10 @@ def _latency_section(run: RunDir, bench_path: Path | None, bench: dict | None, o
     table = to_markdown(bench).split("\n", 2)[2]  # its own title would be a second H1
     pngs = [bench_path.parent / n for n in ("latency_accuracy.png", "latency_distribution.png")]
     if not all(p.is_file() for p in pngs):
-        pngs = plots(bench, out_dir)
+        pngs = list(bench_plots(bench, out_dir).values())
     rel = os.path.relpath(bench_path, out_dir)
-    return (["## Latency", "", f"From `{rel}`.", "", table]
-            + [f"![{p.stem}]({os.path.relpath(p, out_dir)})" for p in pngs] + [""])
+    figures = [f"![{p.stem}]({os.path.relpath(p, out_dir)})" for p in pngs] or [f"_No plots: {HOW_TO_GET}._"]
+    return ["## Latency", "", f"From `{rel}`.", "", table, *figures, ""]
 
 
 def _sizes_section(run: RunDir) -> list[str]:
