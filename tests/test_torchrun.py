@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, real_data_root
 
 RUN = ["run", str(ROOT / "recipes" / "tiny.yaml"), "--until", "qat", "-q"]

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import train_until_killed
+
 from edgekd.distill.cache import TeacherTargets
 from edgekd.distill.evaluate import confusion, evaluate, per_class
 from edgekd.distill.losses import Projectors

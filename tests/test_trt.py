@@ -19,16 +19,16 @@ import numpy as np
 import onnx
 import pytest
 import yaml
+from conftest import BLOCK_TRAINING, one_line
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import one_line
 from edgekd.errors import BundleError, ExportError, RecipeError, UsageError
 from edgekd.recipe import recipe_from_dict
 from edgekd.rundir import RunDir
+from edgekd.runtime import trt_env
 from edgekd.runtime.bundle import add_model, load_bundle, write_bundle
 from edgekd.runtime.runner import OrtRunner, make_runner
 from edgekd.runtime.trt_runner import check_engine_compat
-from edgekd.trt import env as trt_env
 from edgekd.trt.builder import layer_report, parser_errors, timing_cache_path
 from edgekd.trt.bundle_build import build_bundle, onnx_input_shapes
 from edgekd.trt.targets import available_targets, load_target, precision_plan, target_from_dict
@@ -126,12 +126,13 @@ def run(tmp_path) -> RunDir:
     files = {"student_fp32": tiny_model(out / "student_fp32.onnx", False),
              "student_int8_qdq": tiny_model(out / "student_int8_qdq.onnx", True)}
     bundle = make_bundle(tmp_path, r.path / "bundle")
-    r.record("export", started=time.time(), outputs={**files, "bundle_manifest": bundle / "manifest.json"})
+    assert bundle == r.path / "bundle"
+    r.record("export", started=time.time(), outputs=files, extra={"bundle": "bundle"})  # as the export stage does
     return r
 
 
 def test_tiny_models_pass_the_lint(tmp_path):
-    from edgekd.exporting.lint import lint_onnx
+    from edgekd.trt.lint import lint_onnx
 
     assert lint_onnx(tiny_model(tmp_path / "f.onnx", False), expect_qdq=False)["ok"]
     report = lint_onnx(tiny_model(tmp_path / "q.onnx", True), expect_qdq=True)
@@ -324,7 +325,7 @@ def no_trt(monkeypatch):
 
 
 def test_run_build_skips_and_writes_trtexec(run, no_trt):
-    from edgekd.stages.build import run_build
+    from edgekd.stages.build import run as run_build
 
     m = run_build(run)
     assert m == {"target": "x86-gpu", "skipped": "the tensorrt Python package is not installed",
@@ -343,7 +344,7 @@ def test_run_build_skips_and_writes_trtexec(run, no_trt):
 
 
 def test_trtexec_script_runs_from_its_directory(run, no_trt, tmp_path):
-    from edgekd.stages.build import run_build
+    from edgekd.stages.build import run as run_build
 
     run_build(run, target="jetson-orin-nano")
     fake = tmp_path / "trtexec"
@@ -359,7 +360,7 @@ def test_trtexec_script_runs_from_its_directory(run, no_trt, tmp_path):
 
 
 def test_run_build_require_trt_and_lint(run, no_trt):
-    from edgekd.stages.build import run_build
+    from edgekd.stages.build import run as run_build
 
     with pytest.raises(ExportError) as e:
         run_build(run, require_trt=True)
@@ -421,8 +422,8 @@ def test_add_model_replaces_and_refuses(tmp_path):
 
 def test_trt_modules_never_import_torch(tmp_path):
     bundle = make_bundle(tmp_path, tmp_path / "bundle")
-    script = ("import sys, json\nsys.modules['torch'] = None\n"
-              "from edgekd.trt import env\nenv.trt_available = lambda: (False, 'no tensorrt')\n"
+    script = (BLOCK_TRAINING + "import json\n"
+              "from edgekd.runtime import trt_env as env\nenv.trt_available = lambda: (False, 'no tensorrt')\n"
               "from edgekd.trt.bundle_build import build_bundle\nimport edgekd.runtime.trt_runner, edgekd.trt.builder\n"
               f"m = build_bundle({str(bundle)!r}, 'x86-gpu')\n"
               "print(json.dumps({'m': m, 'loaded': sorted(k for k in sys.modules if k.startswith('edgekd'))}))\n")
@@ -614,9 +615,10 @@ def fake_trt(monkeypatch):
 
 
 def test_run_build_with_tensorrt_10(run, fake_trt, tmp_path, monkeypatch):
-    from edgekd.stages.build import run_build
+    from edgekd.stages.build import run as run_build
 
     trt = fake_trt("10.3.0")
+    export_before = json.dumps(run.stage("export"), sort_keys=True)
     m = run_build(run, target="jetson-orin-nano", build_twice=True, timing_cache_dir=tmp_path / "cache")
     assert m["engine"] == "build/jetson-orin-nano/student.int8-qdq.engine" and m["identical"] is True
     assert (m["tensorrt_version"], m["device"], m["int8_layer_fraction"]) == ("10.3.0", "Orin", 0.5)
@@ -631,7 +633,8 @@ def test_run_build_with_tensorrt_10(run, fake_trt, tmp_path, monkeypatch):
     assert json.loads((run.path / "build" / "jetson-orin-nano" / "layers.json").read_text())["counts"]["int8"] == 2
     st = run.stage("build")
     assert st["status"] == "done" and {"engine", "build_json", "layers", "trtexec", "lint"} <= set(st["outputs"])
-    assert run.is_done("export") and run.is_done("build")  # the bundle's new hash is recorded in export
+    assert run.is_done("export") and run.is_done("build")  # the bundle grew an engine; export is still whole
+    assert json.dumps(run.stage("export"), sort_keys=True) == export_before  # build records only its own entry
     bundle = load_bundle(run.path / "bundle")
     meta = bundle.models["student_int8_qdq_jetson-orin-nano"]
     assert (meta["backend"], meta["source"], meta["tensorrt_version"]) == ("tensorrt", "student_int8_qdq", "10.3.0")
