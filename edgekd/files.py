@@ -193,10 +193,12 @@ def remove_leftovers(dest: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def versions() -> dict[str, str | None]:
-    """edgekd's version and those of the libraries in VERSIONED (None: not installed here)."""
+def versions(packages=VERSIONED) -> dict[str, str | None]:
+    """edgekd's version and those of `packages` (None: not installed here)."""
     out = {"edgekd": __version__}
-    for name in VERSIONED:
+    for name in packages:
+        if name == "edgekd":
+            continue
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

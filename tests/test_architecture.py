@@ -127,3 +127,16 @@ print(json.dumps(sorted(m for m in sys.modules if m.startswith(("edgekd.", "torc
     for forbidden in ("edgekd.rundir", "edgekd.recipe", "edgekd.models", "edgekd.stages.teacher", "edgekd.pipeline"):
         assert forbidden not in loaded, forbidden
     assert (tmp_path / "bench" / "bench.json").is_file() and list(tmp_path.rglob("trtexec.sh"))
+
+
+def test_opening_a_run_directory_imports_no_training_package(tmp_path):
+    """Measured on main: loading a recipe imported torch (recipe.py -> models.check_names)."""
+    from edgekd.recipe import recipe_from_dict
+    from edgekd.rundir import RunDir
+
+    RunDir.create(tmp_path / "run", recipe_from_dict({"name": "r", "data": {"name": "avdigits"}}))
+    script = BLOCK_TRAINING + (f"from edgekd.rundir import RunDir; from edgekd.doctor import check\n"
+                               f"run = RunDir.open({str(tmp_path / 'run')!r}); assert run.recipe.name == 'r'\n"
+                               f"assert check(run.path).ok\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -420,6 +420,26 @@ def test_report_renders_from_a_recorded_run_directory(tmp_path):
     assert "-0.4 pt" in text  # ONNX CPU INT8 (94.5%) vs the FP32 student (94.9%)
 
 
+def test_report_shows_the_absolute_bound_a_relative_rung_was_held_to(tmp_path):
+    """Measured on main: `max abs diff 0.242 | tolerance 0.03` for a QDQ rung that passed (its
+    tolerance is relative to the largest logit). The table now shows the bound in logit units."""
+    run = recorded_run(tmp_path)
+    parity = json.loads((run.path / "export" / "parity.json").read_text())
+    parity["student_int8_qdq"] = {"reference": "pytorch fake-quant", "tolerance": 0.03, "relative": True,
+                                  "batches": {"1": {"max_abs_diff": {"logits": 0.1}, "bound": 0.3},
+                                              "32": {"max_abs_diff": {"logits": 0.242}, "bound": 0.45}},
+                                  "max_abs_diff": 0.242, "bound": 0.45, "top1_agreement": 1.0, "accuracy": 0.94}
+    old = {k: v for k, v in parity["student_int8_qdq"].items() if k != "bound"}  # written before bounds were
+    old["batches"] = {"32": {"max_abs_diff": {"logits": 0.242}, "scale": {"logits": 15.0}}}
+    parity["old_qdq"] = old
+    (run.path / "export" / "parity.json").write_text(json.dumps(parity))
+    lines = render_report(run.path).read_text().splitlines()
+    row = next(x for x in lines if x.startswith("| student_int8_qdq |"))
+    assert "| 0.242 | 0.45 (0.03 × max abs logit) |" in row
+    assert "| 0.242 | 0.45 (0.03 × max abs logit) |" in next(x for x in lines if x.startswith("| old_qdq |"))
+    assert "| 0.0001 |" in next(x for x in lines if x.startswith("| student_fp32 |"))
+
+
 def test_report_recomputes_speedups_from_the_recorded_calls(tmp_path):
     run = recorded_run(tmp_path)
     path = run.path / "bench" / "20250101-000000" / "bench.json"

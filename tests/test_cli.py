@@ -202,6 +202,22 @@ def test_bench_report_and_gate_on_a_run(tiny_run, tmp_path, capsys):
     assert "student_int8_qdq" in report and "QAD" in report
 
 
+def test_an_adhoc_bench_leaves_the_recorded_bench_alone_unless_asked(tiny_run, tmp_path, capsys):
+    before = json.loads((tiny_run / "manifest.json").read_text())["stages"]["bench"]
+    args = ["bench", tiny_run, "--batch", "1", "--backends", "onnxruntime-cpu", "--models", "student_fp32",
+            "--min-seconds", "0.1", "--max-seconds", "0.3"]
+    code, _, err = cli(capsys, *args, "--out", tmp_path / "adhoc")
+    assert code == 0, err
+    assert json.loads((tiny_run / "manifest.json").read_text())["stages"]["bench"] == before
+    code, _, err = cli(capsys, *args, "--out", tiny_run / "bench" / "recorded", "--record")
+    assert code == 0, err
+    after = json.loads((tiny_run / "manifest.json").read_text())["stages"]["bench"]
+    assert after["metrics"]["bench_json"] == "bench/recorded/bench.json" and after["status"] == "done"
+    assert [r["model"] for r in after["metrics"]["results"]] == ["student_fp32"]
+    code, _, err = cli(capsys, "bench", tiny_run / "bundle", "--record")
+    assert code == 2 and "--record applies to a run directory" in err
+
+
 def test_bench_with_a_baseline_bundle_measures_both_in_one_run_for_the_regression_gate(tiny_run, tmp_path, capsys):
     out = tmp_path / "ab"
     code, _, err = cli(capsys, "bench", tiny_run / "bundle", "--baseline", tiny_run / "bundle", "--models",

@@ -15,10 +15,11 @@ import subprocess
 import sys
 import time
 from glob import glob
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
+from edgekd.files import versions
 
 _PACKAGES = ("edgekd", "numpy", "onnxruntime", "onnxruntime-gpu", "onnx", "torch", "tensorrt", "nvidia-modelopt",
              "cuda-python", "pynvml", "nvidia-ml-py")
@@ -49,16 +50,6 @@ def cpu_model() -> str | None:
         if m:
             return m.group(1).strip()
     return platform.processor() or None
-
-
-def versions() -> dict[str, str | None]:
-    out = {}
-    for name in _PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def gpu() -> dict | None:
@@ -115,7 +106,7 @@ def environment(threads: int) -> dict:
         # a shared machine's load is the first suspect when two benches disagree
         "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "threads": threads, "thread_env": {k: os.environ.get(k) for k in _THREAD_VARS},
-        "versions": versions(), "onnxruntime_providers": providers, "gpu": gpu(), "jetson": jetson(),
+        "versions": versions(_PACKAGES), "onnxruntime_providers": providers, "gpu": gpu(), "jetson": jetson(),
     }
 
 

@@ -31,6 +31,19 @@ class Projectors(nn.Module):
         self.modality = nn.ModuleDict({m: nn.Linear(s, t) for m, (s, t) in modalities.items()})
 
 
+def loss_weights(distill, qat=None, features: bool = True) -> dict:
+    """The objective's weights for `distill_loss`: the distill section's, with the qat section's
+    overrides where set (QAD continues the distill objective). features=False drops both feature
+    terms (targets without teacher embeddings, or a run without trained projectors)."""
+    def pick(name):
+        value = getattr(qat, name, None) if qat is not None else None
+        return getattr(distill, name) if value is None else value
+
+    weights = {"alpha": pick("alpha"), "temperature": pick("temperature"), "beta": pick("beta"),
+               "beta_modality": distill.beta_modality}
+    return weights if features else {**weights, "beta": 0.0, "beta_modality": 0.0}
+
+
 def distill_loss(out, labels: torch.Tensor, teacher: dict | None, proj: Projectors | None, *, alpha: float,
                  temperature: float, beta: float, beta_modality: float) -> tuple[torch.Tensor, dict]:
     """`out`: the student's ModelOutput; `teacher`: {"logits", "features", "modality_features"}

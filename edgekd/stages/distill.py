@@ -9,7 +9,7 @@ import torch
 from edgekd.data import load_dataset
 from edgekd.distill.cache import TeacherTargets
 from edgekd.distill.evaluate import evaluate
-from edgekd.distill.losses import Projectors
+from edgekd.distill.losses import Projectors, loss_weights
 from edgekd.distill.trainer import Job, train
 from edgekd.errors import RecipeError
 from edgekd.files import atomic_path, atomic_write_json, sha256_file
@@ -53,7 +53,7 @@ def _fit_student(run, recipe, data, names, label, targets, resume, progress, kd:
         dim_s, dim_t = student.embed_dim, targets.teacher.embed_dim
         job.targets = targets
         job.projectors = Projectors(dim_s, dim_t, {m: (dim_s, dim_t) for m in names if m in targets.names})
-        job.loss = {"alpha": d.alpha, "temperature": d.temperature, "beta": d.beta, "beta_modality": d.beta_modality}
+        job.loss = loss_weights(d)
     history = train(job, data, resume, progress)
     files = save_model(student, run.stage_dir("distill") / label, role="student", name=recipe.student.name,
                        options=options, modalities=specs, classes=data.classes,

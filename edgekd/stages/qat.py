@@ -13,6 +13,7 @@ from edgekd import distributed as dist
 from edgekd.data import load_dataset
 from edgekd.distill.cache import SelfTargets, TeacherTargets
 from edgekd.distill.evaluate import evaluate
+from edgekd.distill.losses import loss_weights
 from edgekd.distill.trainer import Job, train
 from edgekd.errors import CheckpointError
 from edgekd.files import atomic_write_json, atomic_write_text, sha256_file
@@ -103,10 +104,7 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
             if method == "qad" and teacher == "student":
                 reference, _ = load_model(run, "student")
                 job.targets = SelfTargets(reference)
-                d = r.distill
-                job.loss = {"alpha": d.alpha if q.alpha is None else q.alpha,
-                            "temperature": d.temperature if q.temperature is None else q.temperature,
-                            "beta": 0.0, "beta_modality": 0.0}
+                job.loss = loss_weights(r.distill, q, features=False)
             elif method == "qad":
                 targets = targets or _teacher_targets(run, data)
                 job.targets = targets
@@ -164,12 +162,9 @@ def _qad_objective(run: RunDir, r, student, targets) -> tuple:
 
     from edgekd.distill.losses import Projectors
 
-    q, d = r.qat, r.distill
-    loss = {"alpha": d.alpha if q.alpha is None else q.alpha,
-            "temperature": d.temperature if q.temperature is None else q.temperature,
-            "beta": d.beta if q.beta is None else q.beta, "beta_modality": d.beta_modality}
     if "projectors" not in run.stage("distill")["outputs"]:  # a run distilled before projectors were kept
-        return None, {**loss, "beta": 0.0, "beta_modality": 0.0}
+        return None, loss_weights(r.distill, r.qat, features=False)
+    loss = loss_weights(r.distill, r.qat)
     dim_s, dim_t = student.embed_dim, targets.teacher.embed_dim
     proj = Projectors(dim_s, dim_t, {m: (dim_s, dim_t) for m in student.names if m in targets.names})
     try:
