@@ -185,6 +185,23 @@ def swap_dir(tmp: Path, dest: Path) -> None:
             os.replace(tmp, dest)
 
 
+@contextmanager
+def building_dir(dest):
+    """A fresh directory beside `dest` to build its replacement in: when the block succeeds it is
+    swapped in (swap_dir); on any failure it is removed and `dest` stays as it was. Leftovers of an
+    earlier, killed build are removed first; write-side OS errors become FileWriteErrors."""
+    dest = Path(dest)
+    remove_leftovers(dest)
+    tmp = temp_dir_beside(dest)
+    try:
+        with writing(dest):
+            yield tmp
+        swap_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def remove_leftovers(dest: Path) -> None:
     """Temp and moved-aside directories of an earlier, interrupted swap of `dest`."""
     dest = Path(dest)

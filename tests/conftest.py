@@ -18,6 +18,19 @@ BLOCK_TRAINING = "import sys\nfor _m in " + repr(TRAINING_ONLY) + ":\n    sys.mo
 DEVICE_MODULES = ("edgekd", "edgekd.errors", "edgekd.files", "edgekd.contract", "edgekd.schema")
 
 
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `edgekd ARGS...` run in this process through its entry point."""
+    from edgekd.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def real_data_root() -> Path:
     """The real datasets ($EDGEKD_DATA); tests that need them skip with a reason otherwise."""
     env = os.environ.get("EDGEKD_DATA")

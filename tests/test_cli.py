@@ -4,19 +4,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import BLOCK_TRAINING, ROOT
+from conftest import BLOCK_TRAINING, ROOT, cli
 
 from edgekd.cli import main
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    try:
-        main(list(map(str, args)))
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli
 from test_bundle import AUDIO_P, AV_INPUTS, IMAGE_P, LABELS, TV_INPUTS, VECTOR_P, TinyModel, io_spec, tokenizer
 
-from edgekd.cli import main
 from edgekd.errors import EdgekdError
 from edgekd.runtime.bundle import add_model, load_bundle, sha256_file, write_bundle
 
@@ -29,16 +29,6 @@ from edgekd.runtime.bundle import add_model, load_bundle, sha256_file, write_bun
 def params(table) -> list:
     """Case tables are (id, *arguments) tuples, or pytest.param for a case that carries a mark."""
     return [pytest.param(*c[1:], id=c[0]) if type(c) is tuple else c for c in table]
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def assert_one_line(code: int, out: str, err: str, needles, exit_code: int = 1) -> str:

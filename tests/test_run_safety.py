@@ -15,26 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, cli
 from PIL import Image
 
-from edgekd.cli import main
 from edgekd.errors import FileWriteError, RunLockedError
 from edgekd.files import atomic_write_json
 from edgekd.runlock import RunLock
 
 EDGEKD = [sys.executable, "-m", "edgekd"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    try:
-        main(list(map(str, args)))
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def icons(folder: Path, n: int = 24, size: int = 32) -> Path:

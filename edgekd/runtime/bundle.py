@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from edgekd import __version__
 from edgekd.contract import BUNDLE_FORMAT
 from edgekd.errors import BundleError, UsageError
-from edgekd.files import is_write_error, os_error, remove_leftovers, sha256_file, swap_dir, temp_dir_beside
+from edgekd.files import building_dir, sha256_file
 
 FORMAT, VERSION = BUNDLE_FORMAT, 1
 MANIFEST = "manifest.json"
@@ -64,9 +64,7 @@ def write_bundle(dest: Path, *, name: str, models: dict[str, dict], model_files:
     if dest.exists() and not (dest.is_dir() and ((dest / MANIFEST).is_file() or not any(dest.iterdir()))):
         raise BundleError(f"{dest} exists and is not an edgekd bundle: move it away or write the bundle elsewhere")
 
-    remove_leftovers(dest)
-    tmp = temp_dir_beside(dest)
-    try:
+    with building_dir(dest) as tmp:  # a full disk or a crash leaves the old bundle as it was
         model_meta = {}
         for key, meta in models.items():
             rel = model_filename(key, Path(model_files[key]).suffix or ".onnx")
@@ -101,15 +99,6 @@ def write_bundle(dest: Path, *, name: str, models: dict[str, dict], model_files:
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "edgekd_version": __version__, "models": model_meta, "default_model": default, "files": files}
         _write(tmp / MANIFEST, _dumps(manifest))  # last: a directory without it never loads
-        swap_dir(tmp, dest)
-    except OSError as e:  # a full disk, a read-only folder: one line, the old bundle untouched
-        shutil.rmtree(tmp, ignore_errors=True)
-        if is_write_error(e):
-            raise os_error(e, dest) from e
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 
@@ -135,9 +124,7 @@ def add_model(bundle_dir: Path, key: str, file: Path, meta: dict, *,
             raise BundleError(f"cannot add {name!r} to the bundle: give a plain file name")
         if name in manifest["files"] and name not in dropped:
             raise BundleError(f"bundle already holds {name} for another model: use another model key")
-    remove_leftovers(dest)
-    tmp = temp_dir_beside(dest)
-    try:
+    with building_dir(dest) as tmp:  # a full disk or a crash leaves the old bundle as it was
         shutil.copytree(dest, tmp, dirs_exist_ok=True)
         for name in dropped:
             manifest["files"].pop(name, None)
@@ -150,15 +137,6 @@ def add_model(bundle_dir: Path, key: str, file: Path, meta: dict, *,
                                    **({"extra_files": sorted(extra)} if extra else {})}
         _check_manifest(manifest)
         _write(tmp / MANIFEST, _dumps(manifest))  # last, as in write_bundle
-        swap_dir(tmp, dest)
-    except OSError as e:  # a full disk, a read-only folder: one line, the old bundle untouched
-        shutil.rmtree(tmp, ignore_errors=True)
-        if is_write_error(e):
-            raise os_error(e, dest) from e
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 

@@ -75,6 +75,7 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         check_encoders(r, data)
         names = list(data.modalities)
         adopted = _check_adoptable(run, data) if r.teacher.checkpoint else None  # before anything changes
+        fresh = None if adopted else build_teacher(r, data)  # pretrained encoders load here: errors come first
         started = run.begin("teacher")
         out_dir = run.stage_dir("teacher")
         inputs = {}
@@ -85,7 +86,7 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
             files = {"weights": out_dir / WEIGHTS, "config": out_dir / CONFIG}
         else:
             t = r.teacher
-            model, options = build_teacher(r, data)
+            model, options = fresh
             job = Job(model, names, t, r.seed, out_dir / "checkpoint.pt", "teacher",
                       fingerprint=f"{recipe_hash(r)}:{data.fingerprint()}")
             history = train(job, data, resume, progress)
