@@ -15,7 +15,8 @@ from edgekd.files import atomic_path
 HOW_TO_GET = "plots need matplotlib: pip install 'edgekd[plots]'"
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend, or None where matplotlib is not installed."""
     try:
         import matplotlib
     except ImportError:
@@ -26,14 +27,8 @@ def _pyplot():
     return plt
 
 
-def available() -> bool:
-    from importlib.util import find_spec
-
-    return find_spec("matplotlib") is not None
-
-
 def confusion_png(conf: list[list[int]], classes: list[str], title: str, path: Path) -> Path | None:
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return None
     m = np.asarray(conf)
@@ -48,61 +43,13 @@ def confusion_png(conf: list[list[int]], classes: list[str], title: str, path: P
         if v:
             ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > m.max() / 2 else "black")
     fig.tight_layout()
-    out = _save(fig, Path(path))
+    out = save(fig, Path(path))
     plt.close(fig)
     return out
 
 
-def bench_plots(bench: dict, out_dir) -> dict[str, Path]:
-    """latency_accuracy.png (p50 vs accuracy, Pareto front, one panel per batch) and
-    latency_distribution.png (box plots of every call's latency); {} without matplotlib."""
-    plt = _pyplot()
-    if plt is None:
-        return {}
-    from edgekd.benchmark.results import pareto_front
-
-    out_dir = Path(out_dir)
-    live = [r for r in bench["results"] if r.get("samples")]
-    batches = sorted({r["batch"] for r in live}) or [1]
-    backends = sorted({r["backend"] for r in live})
-    colors = {b: plt.cm.tab10(i % 10) for i, b in enumerate(backends)}
-    written = {}
-
-    fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 4), squeeze=False, dpi=100)
-    for ax, batch in zip(axes[0], batches):
-        rows = [r for r in live if r["batch"] == batch and r.get("accuracy") is not None]
-        for r in rows:
-            ax.scatter(r["p50_ms"], r["accuracy"], color=colors[r["backend"]], label=r["backend"])
-            ax.annotate(r["model"], (r["p50_ms"], r["accuracy"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        front = pareto_front([(r["p50_ms"], r["accuracy"]) for r in rows])
-        if front:
-            ax.step(*zip(*front), where="post", color="gray", linestyle="--", linewidth=1, label="Pareto front")
-            ax.set_xscale("log")
-        handles = dict(zip(*reversed(ax.get_legend_handles_labels())))
-        if handles:
-            ax.legend(handles.values(), handles.keys(), fontsize=7)
-        ax.set(xlabel="p50 latency (ms, log)", ylabel="test accuracy", title=f"batch {batch}")
-    fig.tight_layout()
-    written["latency_accuracy"] = _save(fig, out_dir / "latency_accuracy.png")
-    plt.close(fig)
-
-    widest = max((sum(r["batch"] == b for r in live) for b in batches), default=1)
-    fig, axes = plt.subplots(1, len(batches), figsize=(len(batches) * (1.5 + 0.8 * widest), 4.5), squeeze=False, dpi=100)
-    for ax, batch in zip(axes[0], batches):
-        rows = [r for r in live if r["batch"] == batch]
-        if rows:
-            ax.boxplot([r["latencies_ms"] for r in rows], whis=(1, 99), flierprops={"markersize": 2})
-            ax.set_xticks(range(1, len(rows) + 1), [f"{r['model']}\n{r['backend']}" for r in rows],
-                          fontsize=7, rotation=30, ha="right")
-            ax.set_yscale("log")
-        ax.set(ylabel="latency per call (ms, log; whiskers p1-p99)", title=f"batch {batch}")
-    fig.tight_layout()
-    written["latency_distribution"] = _save(fig, out_dir / "latency_distribution.png")
-    plt.close(fig)
-    return written
-
-
-def _save(fig, path: Path) -> Path:
+def save(fig, path: Path) -> Path:
+    """Write a figure as PNG atomically; returns the path."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return path

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import yaml
 
+from edgekd.benchmark.plots import bench_plots
 from edgekd.benchmark.results import load_bench, ratios, to_markdown
 from edgekd.errors import UsageError
 from edgekd.files import atomic_write_text
-from edgekd.plots import HOW_TO_GET, bench_plots
+from edgekd.plots import HOW_TO_GET
 from edgekd.rundir import RunDir
 
 NOT_RUN = "not run"

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from edgekd.benchmark import runners, sysinfo
 from edgekd.benchmark.harness import Target, measure, skipped_result
+from edgekd.benchmark.plots import bench_plots
 from edgekd.benchmark.results import build_bench, to_markdown
 from edgekd.errors import DataError, EdgekdError, UsageError
 from edgekd.files import atomic_write_json, atomic_write_text, check_writable
-from edgekd.plots import HOW_TO_GET, bench_plots
+from edgekd.plots import HOW_TO_GET
 
 MEASURE_DEFAULTS = {"warmup_count": 10, "warmup_seconds": 1.0, "min_seconds": 5.0, "max_seconds": 30.0,
                     "min_samples": 100, "ci_rel_width": 0.10, "confidence": 0.95, "block": 10}
