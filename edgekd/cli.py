@@ -206,7 +206,7 @@ def gate(bench_json: Annotated[Path, typer.Argument(help="A bench.json written b
 @app.command("predict")
 def predict_(bundle: Annotated[Path, typer.Argument(help="A bundle directory (runs/<name>/bundle).")],
              image: Annotated[Optional[str], typer.Option("--image", help="png/jpg for the image input.")] = None,
-             audio: Annotated[Optional[str], typer.Option("--audio", help="wav for the audio input.")] = None,
+             audio: Annotated[Optional[str], typer.Option("--audio", help="Audio file for the audio input (wav of any PCM or float width, flac, ogg, mp3).")] = None,
              text: Annotated[Optional[str], typer.Option("--text", help="Text for the text input.")] = None,
              vector: Annotated[Optional[str], typer.Option("--vector", help="Numbers for the vector input, e.g. 0.1,2,3.")] = None,
              inputs: Annotated[Optional[list[str]], typer.Option("--input", help="NAME=VALUE for any input by name "

@@ -69,7 +69,10 @@ class FolderData(Strict):
         "(kept for your own model selection; stages report the test split)."
     )
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Used when there is no split column.")
-    image_size: int = Field(28, gt=0, description="Images are converted to grayscale and resized to this.")
+    image_size: int = Field(28, gt=0, description="Images are resized to image_size x image_size.")
+    image_mode: Literal["gray", "rgb"] = Field(
+        "gray", description="gray: one channel (luma); rgb: three channels, normalised per channel, transparent "
+        "pixels composited on white. The bundle and `edgekd predict` follow.")
     text_max_length: int = Field(32, gt=0, description="Token ids per text, padded or cut.")
     text_vocab_size: int = Field(2000, ge=16, description="WordPiece vocabulary trained on train texts.")
     audio: AudioFeatures = AudioFeatures()

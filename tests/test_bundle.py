@@ -296,7 +296,7 @@ def test_make_runner(tmp_path):
 def test_predict_image_audio(tmp_path):
     dest, student, teacher = make_bundle(tmp_path)
     png, wav = write_png(tmp_path / "x.png"), write_wav(tmp_path / "y.wav")
-    xs = {"image": pp.image_from_file(png, IMAGE_P)[None], "audio": pp.audio_from_wav(wav, AUDIO_P)[None]}
+    xs = {"image": pp.image_from_file(png, IMAGE_P)[None], "audio": pp.audio_from_file(wav, AUDIO_P)[None]}
     for key, model in (("student_fp32", student), ("teacher_fp32", teacher)):
         r = predict(dest, files={"image": str(png), "audio": str(wav)}, model=None if key == "student_fp32" else key)
         ref = softmax(model(xs)[0])

@@ -372,11 +372,14 @@ def test_debug_env_shows_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
-def test_folder_dataset_with_all_four_modalities_end_to_end(tmp_path, capsys):
-    """A user's folder (image, audio, text, vector) through teacher and distill with tiny models."""
-    import wave
+FORMATS = [("WAV", "PCM_16", "wav"), ("WAV", "PCM_24", "wav"), ("WAV", "FLOAT", "wav"), ("FLAC", "PCM_16", "flac")]
 
+
+def test_folder_dataset_with_all_four_modalities_end_to_end(tmp_path, capsys):
+    """A user's folder (colour images, audio as 16-bit wav, 24-bit wav, float wav and FLAC, text,
+    vector) through every stage with tiny models, then predict from raw files of each kind."""
     import numpy as np
+    import soundfile as sf
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -387,14 +390,14 @@ def test_folder_dataset_with_all_four_modalities_end_to_end(tmp_path, capsys):
     rows = []
     for i in range(36):
         label = list(words)[i % 3]
-        Image.fromarray((rng.random((12, 12)) * 80 + 60 * (i % 3)).astype(np.uint8)).save(folder / "img" / f"{i}.png")
-        with wave.open(str(folder / "wav" / f"{i}.wav"), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(8000)
-            t = np.arange(2000) / 8000
-            w.writeframes((np.sin(2 * np.pi * (300 + 200 * (i % 3)) * t) * 8000).astype("<i2").tobytes())
-        rows.append({"label": label, "photo": f"img/{i}.png", "clip": f"wav/{i}.wav", "caption": words[label],
+        pixels = (rng.random((12, 12, 3)) * 80).astype(np.uint8)
+        pixels[..., i % 3] += 120  # the class is in the colour, not in the brightness
+        Image.fromarray(pixels).save(folder / "img" / f"{i}.png")
+        t = np.arange(2000) / 8000
+        fmt, subtype, ext = FORMATS[i % len(FORMATS)]
+        sf.write(str(folder / "wav" / f"{i}.{ext}"), 0.25 * np.sin(2 * np.pi * (300 + 200 * (i % 3)) * t), 8000,
+                 format=fmt, subtype=subtype)
+        rows.append({"label": label, "photo": f"img/{i}.png", "clip": f"wav/{i}.{ext}", "caption": words[label],
                      "feats": list(rng.normal(size=4) + i % 3)})
     (folder / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     recipe = tmp_path / "mine.yaml"
@@ -405,6 +408,7 @@ data:
   path: {folder}
   modalities: {{photo: image, clip: audio, caption: text, feats: vector}}
   image_size: 12
+  image_mode: rgb
   audio: {{seconds: 0.25, n_mels: 16}}
 teacher: {{hidden: 16, layers: 1, heads: 2, epochs: 1, batch_size: 8, fusion: concat, image_patch: 4}}
 student: {{name: fusion_tiny, fusion: attention}}
@@ -420,8 +424,11 @@ bench: {{batches: [1], backends: [onnxruntime-cpu], min_seconds: 0.1, max_second
     assert m["teacher"]["metrics"]["params"] > m["distill"]["metrics"]["params"]
     bundle = tmp_path / "run" / "bundle"
     assert (bundle / "tokenizer" / "caption.json").is_file()  # text ships its tokenizer
-    code, out, err = cli(capsys, "predict", bundle, "--input", f"photo={folder / 'img' / '0.png'}",
-                         "--input", f"clip={folder / 'wav' / '0.wav'}", "--text", words[rows[0]['label']],
-                         "--vector", ",".join(str(v) for v in rows[0]["feats"]), "--json")
-    assert code == 0, err
-    assert json.loads(out)["label"] in set(words)
+    io = json.loads((bundle / "io_spec.json").read_text())
+    assert next(i for i in io["inputs"] if i["name"] == "photo")["shape"] == ["batch", 3, 12, 12]
+    for i in range(len(FORMATS)):  # one raw clip of every format, through the torch-free runtime
+        code, out, err = cli(capsys, "predict", bundle, "--input", f"photo={folder / rows[i]['photo']}",
+                             "--input", f"clip={folder / rows[i]['clip']}", "--text", words[rows[i]['label']],
+                             "--vector", ",".join(str(v) for v in rows[i]["feats"]), "--json")
+        assert code == 0, err
+        assert json.loads(out)["label"] in set(words)

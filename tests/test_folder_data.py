@@ -118,7 +118,7 @@ def test_jsonl_all_modalities_shapes_split_column_and_runtime_parity(tmp_path):
     for i, s in [(3, tr), (9, va)]:  # row 4 is the 16 kHz file (resampled)
         j = s.ids.index(f"row{i + 1}")
         np.testing.assert_array_equal(pp.image_from_file(folder / rows[i]["img"], p["img"]), s.inputs["img"][j])
-        np.testing.assert_array_equal(pp.audio_from_wav(folder / rows[i]["snd"], p["snd"]), s.inputs["snd"][j])
+        np.testing.assert_array_equal(pp.audio_from_file(folder / rows[i]["snd"], p["snd"]), s.inputs["snd"][j])
         np.testing.assert_array_equal(pp.text_ids(rows[i]["txt"], p["txt"]), s.inputs["txt"][j])
         np.testing.assert_array_equal(pp.vector_array(rows[i]["vec"], p["vec"]), s.inputs["vec"][j])
 
@@ -238,7 +238,7 @@ def test_corrupt_wav_and_png_name_row_and_file(tmp_path):
     folder = broken(tmp_path, 2)
     (folder / "snd" / "1.wav").write_bytes(b"RIFF not really a wav")
     msg = error(folder)
-    assert "row 2" in msg and "snd/1.wav" in msg and "not a readable PCM wav" in msg
+    assert "row 2" in msg and "snd/1.wav" in msg and "not a readable audio file" in msg and "readable formats: wav" in msg
     write_wav(folder / "snd" / "1.wav", 440)
     (folder / "img" / "2.png").write_text("hello")
     msg = error(folder)
@@ -314,3 +314,38 @@ def test_random_vector_rows_always_split_into_disjoint_covering_stratified_split
     for k, c in enumerate(ds.classes):
         if labels.count(c) >= 2:
             assert (ds.split("test").labels == k).sum() >= 1
+
+
+def test_rgb_mode_fits_per_channel_stats_on_train_and_matches_the_runtime(tmp_path):
+    folder = tmp_path / "ds"
+    rows = make_rows(folder)
+    write_jsonl(folder, rows)
+    ds = load(folder, image_mode="rgb")
+    assert ds.modalities["img"].shape == (3, 16, 16)
+    p = ds.preprocess["img"]
+    assert p["channels"] == 3 and len(p["mean"]) == len(p["std"]) == 3 and p["alpha"] == "white"
+    train = ds.split("train").inputs["img"].astype(np.float64)
+    np.testing.assert_allclose(train.mean(axis=(0, 2, 3)), 0.0, atol=1e-5)  # normalised by train statistics
+    te = ds.split("test")
+    j = te.ids.index("row12")
+    np.testing.assert_array_equal(pp.image_from_file(folder / rows[11]["img"], p), te.inputs["img"][j])
+    assert load(folder).fingerprint() != ds.fingerprint()  # another input: another cache key
+
+
+def test_audio_in_other_formats_loads_for_training(tmp_path):
+    import soundfile as sf
+
+    folder = tmp_path / "ds"
+    rows = make_rows(folder)
+    t = np.arange(4000) / 8000
+    for i, (fmt, subtype, ext) in enumerate([("WAV", "PCM_24", "wav"), ("WAV", "FLOAT", "wav"), ("FLAC", "PCM_16", "flac"),
+                                             ("OGG", "VORBIS", "ogg")]):
+        name = f"snd/x{i}.{ext}"
+        sf.write(str(folder / name), 0.4 * np.sin(2 * np.pi * (300 + 50 * i) * t), 8000, format=fmt, subtype=subtype)
+        rows[i]["snd"] = name
+    write_jsonl(folder, rows)
+    ds = load(folder)
+    tr = ds.split("train")
+    for i in range(4):
+        j = tr.ids.index(f"row{i + 1}")
+        np.testing.assert_array_equal(pp.audio_from_file(folder / rows[i]["snd"], ds.preprocess["snd"]), tr.inputs["snd"][j])

@@ -36,7 +36,7 @@ def test_numpy_log_mel_matches_transformers_audio_utils(cfg):
 
 def test_real_wav_log_mel_matches_reference(data_dir):
     wav = data_dir / "fsdd" / "recordings" / "3_theo_7.wav"
-    samples, rate = pp.read_wav(wav)
+    samples, rate = pp.read_audio(wav)
     assert rate == 8000 and samples.dtype == np.float32 and np.abs(samples).max() <= 1.0
     p = audio_params(AudioFeatures())
     np.testing.assert_allclose(pp.log_mel(samples, p), _reference_log_mel(samples, p), atol=1e-4)
@@ -50,7 +50,7 @@ def test_avdigits_training_inputs_equal_device_preprocessing_of_raw_files(data_d
     rows = av.pairing("test")
     for i in (0, 123, 999):
         clip_index = int(np.flatnonzero([n.startswith(test.ids[i].split("+")[0] + ".") for n in av._names])[0])
-        from_wav = pp.audio_from_wav(av.clip_path(data_dir, clip_index), av.preprocess["audio"])
+        from_wav = pp.audio_from_file(av.clip_path(data_dir, clip_index), av.preprocess["audio"])
         np.testing.assert_allclose(from_wav, test.inputs["audio"][i], atol=1e-5)
         png = tmp_path / f"{i}.png"
         Image.fromarray(av.raw_image(rows[i])).save(png)  # what a camera-side device would hand over
@@ -74,3 +74,78 @@ def test_resample_and_fit_length():
 def test_vector_shape_error():
     with pytest.raises(ValueError, match="expected a vector of 3"):
         pp.vector_array([1, 2], {"mean": [0, 0, 0], "std": [1, 1, 1]})
+
+
+# --------------------------------------------------------------------------- audio formats (libsndfile)
+
+
+def _sine(rate: int = 8000, seconds: float = 0.5) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    return (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize("fmt, subtype, atol", [
+    ("WAV", "PCM_16", 1 / 32768), ("WAV", "PCM_24", 1 / 2**23), ("WAV", "PCM_32", 1e-7), ("WAV", "PCM_U8", 1 / 128),
+    ("WAV", "FLOAT", 0.0), ("WAV", "DOUBLE", 1e-7), ("FLAC", "PCM_16", 1 / 32768), ("FLAC", "PCM_24", 1 / 2**23),
+    ("OGG", "VORBIS", 0.05)])
+def test_audio_formats_users_have_are_read(tmp_path, fmt, subtype, atol):
+    """Measured on main: a 24-bit PCM wav ("unsupported wav sample width 3 bytes") and a 32-bit float
+    wav ("unknown format: 3") were refused, at training and at predict."""
+    import soundfile as sf
+
+    x = _sine()
+    path = tmp_path / f"clip.{fmt.lower()}"
+    sf.write(str(path), np.stack([x, x], axis=1), 8000, format=fmt, subtype=subtype)  # stereo: averaged to mono
+    samples, rate = pp.read_audio(path)
+    assert rate == 8000 and samples.dtype == np.float32 and samples.shape == x.shape
+    np.testing.assert_allclose(samples, x, atol=atol + 1e-7)
+
+
+def test_16_bit_pcm_reads_exactly_as_the_wave_module_did(tmp_path):
+    """FSDD and every existing 16-bit dataset keep bit-identical features."""
+    import wave
+
+    x = (_sine() * 32767).astype("<i2")
+    path = tmp_path / "c.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(x.tobytes())
+    samples, _ = pp.read_audio(path)
+    np.testing.assert_array_equal(samples, x.astype(np.float32) / 32768.0)
+
+
+@pytest.mark.parametrize("content, needle", [(b"RIFF\x00\x00\x00\x00WAVEfmt ", "readable formats"),
+                                             (b"not audio at all", "readable formats"), (b"", "readable formats")])
+def test_unreadable_audio_is_a_value_error_naming_the_formats(tmp_path, content, needle):
+    path = tmp_path / "bad.wav"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=needle):
+        pp.read_audio(path)
+
+
+# --------------------------------------------------------------------------- RGB images
+
+
+def test_rgb_images_keep_their_colour_per_channel(tmp_path):
+    pixels = np.zeros((10, 12, 3), dtype=np.uint8)
+    pixels[..., 0], pixels[..., 2] = 255, 51  # red with a little blue
+    Image.fromarray(pixels).save(tmp_path / "c.png")
+    p = {"kind": "image", "size": 8, "channels": 3, "alpha": "white", "mean": [0.5, 0.0, 0.1], "std": [0.5, 1.0, 0.1]}
+    x = pp.image_from_file(tmp_path / "c.png", p)
+    assert x.shape == (3, 8, 8) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0], 1.0, atol=1e-6)
+    np.testing.assert_allclose(x[1], 0.0, atol=1e-6)
+    np.testing.assert_allclose(x[2], 1.0, atol=1e-5)
+    gray = {"kind": "image", "size": 8, "mean": 0.0, "std": 1.0}  # an older bundle's parameters: one channel
+    assert pp.image_from_file(tmp_path / "c.png", gray).shape == (1, 8, 8)
+
+
+def test_transparent_pixels_are_white_in_rgb_mode(tmp_path):
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)  # fully transparent black
+    rgba[0, 0] = (0, 0, 0, 255)  # one opaque black pixel
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
+    p = {"kind": "image", "size": 4, "channels": 3, "alpha": "white", "mean": [0.0] * 3, "std": [1.0] * 3}
+    x = pp.image_from_file(tmp_path / "t.png", p)
+    assert x[:, 0, 0].tolist() == [0.0, 0.0, 0.0] and np.allclose(x[:, 1:, :], 1.0)

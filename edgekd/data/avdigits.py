@@ -19,7 +19,7 @@ from edgekd.data.download import require_avdigits
 from edgekd.data.features import audio_params
 from edgekd.errors import DataError
 from edgekd.recipe import AVDigitsData
-from edgekd.runtime.preprocess import log_mel, read_wav, resample
+from edgekd.runtime.preprocess import log_mel, read_audio, resample
 
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
 IMAGE_SIZE = 28
@@ -35,7 +35,7 @@ def _read_fsdd(folder: str) -> tuple[tuple[str, ...], tuple, str]:
         h.update(f.name.encode())
         h.update(f.read_bytes())
         try:
-            clips.append(read_wav(f))  # (samples, rate)
+            clips.append(read_audio(f))  # (samples, rate)
         except Exception as e:  # wave.Error, EOFError, ValueError
             raise DataError(f"{f} is not a readable PCM wav ({e}); re-run `edgekd data fetch avdigits`") from e
     return tuple(f.name for f in files), tuple(clips), h.hexdigest()

@@ -111,7 +111,9 @@ def load_folder(cfg: FolderData, data_root: Path, seed: int) -> FolderDataset:
 
     # The fingerprint covers contents, not locations: moving the folder keeps cached results valid.
     h = hashlib.sha256(f"edgekd-folder-v{FORMAT} seed={seed}\n".encode())
-    h.update(cfg.model_dump_json(exclude={"path"}).encode() + b"\n" + raw)
+    # image_mode joined the recipe later: left out at its default, so older runs keep their fingerprint
+    unchanged = {"path"} | ({"image_mode"} if cfg.image_mode == "gray" else set())
+    h.update(cfg.model_dump_json(exclude=unchanged).encode() + b"\n" + raw)
     for rel in sorted(files):
         h.update(rel.encode() + b"\0" + hashlib.sha256(files[rel].read_bytes()).digest())
     return FolderDataset(root.name, modalities, classes, preprocess, inputs, labels,
@@ -249,7 +251,7 @@ def _file(folder: Path, root: Path, r: _Row, col: str, where) -> Path:
 def _decode(fn, path: Path, p: dict, r: _Row, col: str, what: str, where) -> np.ndarray:
     try:
         return fn(path, p)
-    except Exception as e:  # decoders raise many types (OSError, wave.Error, EOFError, ValueError, ...)
+    except Exception as e:  # decoders raise many types (OSError, EOFError, ValueError, ...)
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{where(r)}: '{col}' file '{r.values[col]}' is not a readable {what} ({detail}): replace or remove it") from None
 
@@ -262,8 +264,15 @@ def _scalar_stats(x: np.ndarray) -> tuple[float, float]:
 
 def _images(paths, rows, col, cfg: FolderData, train, where):
     p = {"kind": "image", "size": cfg.image_size, "mean": 0.0, "std": 1.0}
+    if cfg.image_mode == "rgb":
+        p.update(channels=3, alpha="white", mean=[0.0] * 3, std=[1.0] * 3)
     x = np.stack([_decode(pp.image_from_file, f, p, r, col, "image (png/jpg)", where) for f, r in zip(paths, rows)])
-    p["mean"], p["std"] = _scalar_stats(x[train])
+    if cfg.image_mode == "rgb":  # per channel, over every train pixel
+        x64 = x[train].astype(np.float64)
+        p["mean"] = x64.mean(axis=(0, 2, 3)).tolist()
+        p["std"] = np.maximum(x64.std(axis=(0, 2, 3)), STD_FLOOR).tolist()
+    else:
+        p["mean"], p["std"] = _scalar_stats(x[train])
     # Recompute with the fitted values rather than rescale: the runtime may compute in float64
     # (resized images) before its float32 cast, and the device must see bit-identical inputs.
     return np.stack([pp.image_from_file(f, p) for f in paths]), p
@@ -271,10 +280,10 @@ def _images(paths, rows, col, cfg: FolderData, train, where):
 
 def _audio(paths, rows, col, cfg: FolderData, train, where):
     p = audio_params(cfg.audio)
-    x = np.stack([_decode(pp.audio_from_wav, f, p, r, col, "PCM wav", where) for f, r in zip(paths, rows)])
+    x = np.stack([_decode(pp.audio_from_file, f, p, r, col, "audio file", where) for f, r in zip(paths, rows)])
     p["mean"], p["std"] = _scalar_stats(x[train])
     # As for images: log_mel normalises in float64 before its float32 cast, so recompute.
-    return np.stack([pp.audio_from_wav(f, p) for f in paths]), p
+    return np.stack([pp.audio_from_file(f, p) for f in paths]), p
 
 
 def _vector(r: _Row, col: str, where) -> list[float]:

@@ -6,7 +6,6 @@ preprocess.json (the same functions and numbers training used), then through the
 from __future__ import annotations
 
 import os
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ def predict(bundle_dir, *, files: dict[str, str] | None = None, texts: dict[str,
             backend: str = "onnxruntime") -> dict:
     """{"model", "label", "index", "probabilities": {label: p}} for one sample.
 
-    `files` maps image/audio modality names to a png/jpg or wav path, `texts` maps text modalities
+    `files` maps image/audio modality names to a png/jpg or audio file path, `texts` maps text modalities
     to the string, `vectors` maps vector modalities to the numbers."""
     bundle = load_bundle(bundle_dir)
     key = bundle.resolve_key(model)
@@ -81,7 +80,7 @@ def input_kinds(bundle) -> dict[str, str]:
 
 
 def _describe(kind: str) -> str:
-    return {"image": "a png/jpg file path", "audio": "a wav file path", "text": "a text string",
+    return {"image": "a png/jpg file path", "audio": "an audio file path (wav, flac, ogg, mp3)", "text": "a text string",
             "vector": "a list of numbers"}[kind]
 
 
@@ -101,14 +100,14 @@ def _prepare(bundle, name: str, kind: str, value) -> np.ndarray:
             return pp.text_ids(str(value), p, tokenizer=_tokenizer(bundle, name, p))
         if kind == "vector":
             return pp.vector_array(value, p)
-        return (pp.image_from_file if kind == "image" else pp.audio_from_wav)(path, p)
+        return (pp.image_from_file if kind == "image" else pp.audio_from_file)(path, p)
     except KeyError as e:
         raise BundleError(f"bundle preprocess.json lacks {e} for input '{name}'; {FIX}") from None
-    except (OSError, EOFError, ValueError, TypeError, wave.Error) as e:  # PIL's UnidentifiedImageError is an OSError
+    except (OSError, EOFError, ValueError, TypeError) as e:  # PIL's UnidentifiedImageError is an OSError
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         if path is None:
             raise UsageError(f"--{name}: {why}; give {_describe(kind)}") from None
-        what = "png or jpg image" if kind == "image" else "PCM wav file (8/16/32-bit)"
+        what = "png or jpg image" if kind == "image" else "audio file"
         raise UsageError(f"--{name} {path} is not a readable {what} ({why}): give a valid file") from None
 
 

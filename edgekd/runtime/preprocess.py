@@ -7,7 +7,7 @@ tests/test_preprocess.py holds the log-mel to transformers.audio_utils' as the r
 """
 from __future__ import annotations
 
-import wave
+import re
 from pathlib import Path
 
 import numpy as np
@@ -57,24 +57,39 @@ def log_mel(samples: np.ndarray, p: dict) -> np.ndarray:
     return ((out - p["mean"]) / p["std"]).astype(np.float32)  # (T, n_mels)
 
 
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """Mono float32 samples in [-1, 1] and the sample rate of a PCM wav file."""
-    with wave.open(str(path), "rb") as w:
-        width, channels, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
-        if not 1 <= rate <= 1_000_000:  # 0 would divide by zero when resampling; absurd rates blow up memory
-            raise ValueError(f"the wav header says sample rate {rate} Hz (expected 1 Hz to 1 MHz)")
-        raw = w.readframes(w.getnframes())
-    if width == 1:
-        data = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
-    elif width == 2:
-        data = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
-    elif width == 4:
-        data = np.frombuffer(raw, dtype="<i4").astype(np.float32) / 2147483648.0
-    else:
-        raise ValueError(f"unsupported wav sample width {width} bytes (use 8/16/32-bit PCM)")
-    if channels > 1:
-        data = data.reshape(-1, channels).mean(axis=1)
-    return data, rate
+AUDIO_FORMATS = "wav (PCM 8/16/24/32-bit, float 32/64-bit), FLAC, OGG/Vorbis, MP3, AIFF"
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Mono float32 samples in [-1, 1] and the sample rate of an audio file, through libsndfile
+    (the soundfile package: wav of every PCM and float width, FLAC, OGG, MP3, AIFF). Integer PCM is
+    scaled by its full range (16-bit: / 32768), so 16-bit wavs read exactly as before."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as e:  # not audio, truncated header, unknown format
+        raise ValueError(f"{_first_line(e)}; readable formats: {AUDIO_FORMATS}") from None
+    if not 1 <= info.samplerate <= 1_000_000:  # 0 would divide by zero when resampling; absurd rates blow up memory
+        raise ValueError(f"the file's header says sample rate {info.samplerate} Hz (expected 1 Hz to 1 MHz)")
+    if info.frames > 3600 * info.samplerate:  # an hour: beyond any clip a model sees, and a memory bomb
+        raise ValueError(f"the file is {info.frames / info.samplerate / 3600:.1f} h long; cut it to the clip the model needs")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise ValueError(f"{_first_line(e)}; readable formats: {AUDIO_FORMATS}") from None
+    if data.shape[0] == 0:
+        raise ValueError("the file holds no audio samples")
+    return (data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]).astype(np.float32), int(rate)
+
+
+def _first_line(e: BaseException) -> str:
+    """libsndfile's reason, without the path it repeats ("Error opening '/x.wav': ...")."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = re.sub(r"^Error opening '.*?': ", "", text).rstrip(".")
+    if "SF_INFO struct incomplete" in text:  # libsndfile's word for a header it cannot use
+        return "its header is incomplete or invalid (a sample rate of 0, say)"
+    return text
 
 
 def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
@@ -86,20 +101,30 @@ def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
     return np.interp(t_out, np.arange(samples.shape[0]), samples).astype(np.float32)
 
 
-def audio_from_wav(path: str | Path, p: dict) -> np.ndarray:
-    samples, rate = read_wav(path)
+def audio_from_file(path: str | Path, p: dict) -> np.ndarray:
+    samples, rate = read_audio(path)
     return log_mel(resample(samples, rate, int(p["sample_rate"])), p)
 
 
 def image_array(pixels: np.ndarray, p: dict) -> np.ndarray:
-    """(H, W) or (H, W, C) uint8/float pixels 0..255 → normalised (1, size, size) float32."""
+    """(H, W) or (H, W, C) uint8/float pixels 0..255 → normalised (C, size, size) float32, C = the
+    parameters' `channels` (1: gray, the default of older bundles; 3: RGB, normalised per channel)."""
     img = np.asarray(pixels, dtype=np.float32)
-    if img.ndim == 3:
-        img = img[..., :3].mean(axis=2)
     size = int(p["size"])
-    if img.shape != (size, size):
-        img = _resize_bilinear(img, size)
-    return ((img / 255.0 - p["mean"]) / p["std"]).astype(np.float32)[None]
+    if int(p.get("channels", 1)) == 1:
+        if img.ndim == 3:
+            img = img[..., :3].mean(axis=2)
+        if img.shape != (size, size):
+            img = _resize_bilinear(img, size)
+        return ((img / 255.0 - p["mean"]) / p["std"]).astype(np.float32)[None]
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    img = img[..., :3]
+    if img.shape[:2] != (size, size):
+        img = np.stack([_resize_bilinear(img[..., c], size) for c in range(3)], axis=2)
+    mean = np.asarray(p["mean"], dtype=np.float64).reshape(1, 1, -1)
+    std = np.asarray(p["std"], dtype=np.float64).reshape(1, 1, -1)
+    return ((img / 255.0 - mean) / std).astype(np.float32).transpose(2, 0, 1)  # (3, size, size)
 
 
 def _resize_bilinear(img: np.ndarray, size: int) -> np.ndarray:
@@ -119,7 +144,10 @@ def image_from_file(path: str | Path, p: dict) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            return image_array(np.asarray(im.convert("L")), p)
+            mode = "RGB" if int(p.get("channels", 1)) == 3 else "L"
+            if p.get("alpha") == "white" and (im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info):
+                im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
+            return image_array(np.asarray(im.convert(mode)), p)
     except Image.DecompressionBombError as e:  # not an OSError: callers catch ValueError for unreadable images
         raise ValueError(f"image too large to decode safely ({str(e).split(',')[0]})") from None
 
