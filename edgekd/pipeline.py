@@ -40,11 +40,11 @@ def _resolve(target, run_dir, overrides):
     return (Path(run_dir) if run_dir else Path("runs") / recipe.name), recipe
 
 
-def open_run(target, run_dir=None, overrides=None, force: bool = False) -> RunDir:
-    """A recipe YAML starts (or reopens) runs/<name>; a run directory is reopened as it is.
-    Takes no lock: for read-only use. Commands that run stages use `session`."""
-    path, recipe = _resolve(target, run_dir, overrides)
-    return RunDir.open(path) if recipe is None else RunDir.create(path, recipe, force=force)
+def open_run(target, run_dir=None, overrides=None) -> RunDir:
+    """The existing run directory of a recipe (runs/<name>, or --run-dir) or a run directory, for
+    reading: it takes no lock and creates nothing. Commands that run stages use `session`."""
+    path, _ = _resolve(target, run_dir, overrides)
+    return RunDir.open(path)
 
 
 @contextmanager
