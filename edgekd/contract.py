@@ -15,6 +15,14 @@ from edgekd.errors import UsageError
 OUTPUTS = ("logits", "embedding")
 BATCH_AXIS = "batch"
 BUNDLE_FORMAT = "edgekd.bundle"
+# a modality the teacher reads through its own processor (e.g. a pretrained model's tokenizer) is
+# its own input, `<modality>__teacher`, beside the student's `<modality>`
+TEACHER_SUFFIX = "__teacher"
+
+
+def modality_of(input_name: str) -> str:
+    """The modality an input belongs to (`caption__teacher` -> `caption`)."""
+    return input_name.removesuffix(TEACHER_SUFFIX)
 
 
 def io_spec(modalities: dict[str, dict], num_classes: int, embed_dim: int) -> dict:

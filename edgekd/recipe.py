@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from edgekd.errors import RecipeError
-from edgekd.schema import Strict, read_yaml, suggest  # noqa: F401  (suggest: re-exported)
+from edgekd.schema import Strict, apply_overrides, read_yaml, suggest  # noqa: F401  (suggest: re-exported)
 
 # --------------------------------------------------------------------------- data
 
@@ -105,8 +105,15 @@ class Optim(Strict):
 
 class EncoderSource(Strict):
     pretrained: str | None = Field(
-        None, description="Local Hugging Face model directory to load instead of building from config."
-    )
+        None, description="Local Hugging Face model directory to load instead of building from config, or "
+        "pkg:PACKAGE/SUBDIR for a model directory an installed package ships. A text encoder brings its own "
+        "tokenizer from the same directory.")
+    max_length: int | None = Field(
+        None, gt=0, description="Text: the teacher tokenizer's token count per text (default: its "
+        "model_max_length, at most 128).")
+    sha256: dict[str, str] | None = Field(
+        None, description="Pinned sha256 of files in the pretrained directory, e.g. {model.safetensors: ...}; "
+        "a file that differs is refused.")
 
 
 class TeacherConfig(Optim):
@@ -129,6 +136,11 @@ class TeacherConfig(Optim):
     checkpoint: str | None = Field(
         None, description="An existing teacher directory (model.safetensors + config.json); skips fitting."
     )
+    train: Literal["head", "all"] | None = Field(
+        None, description="With pretrained encoders: `head` freezes them, computes their embeddings once into the "
+        "run directory and fits the rest; `all` fine-tunes end to end (pretrained encoders at encoder_lr_scale x "
+        "lr). Default: head when any encoder is pretrained.")
+    encoder_lr_scale: float = Field(0.1, gt=0, le=1, description="train: all -- the pretrained encoders' lr / lr.")
 
     @model_validator(mode="after")
     def _heads(self):
@@ -278,9 +290,9 @@ class Recipe(Strict):
         for m in self.teacher.encoders:
             if m not in known:
                 raise ValueError(f"teacher.encoders: unknown modality '{m}'{suggest(m, known)} (the data has {known})")
-            if self.data.name == "folder" and self.data.modalities[m] == "text" and self.teacher.encoders[m].pretrained:
-                raise ValueError(f"teacher.encoders.{m}.pretrained: a pretrained text encoder needs its own tokenizer, "
-                                 "which edgekd does not load yet; leave it out to build the text encoder from config")
+            kind = m if self.data.name == "avdigits" else self.data.modalities[m]  # avdigits: image, audio
+            if self.teacher.encoders[m].max_length is not None and kind != "text":
+                raise ValueError(f"teacher.encoders.{m}.max_length: only text encoders take one ({m} is {kind})")
         return self
 
     @field_validator("name")
@@ -339,29 +351,6 @@ def _format(err: ValidationError, raw: dict) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         return f"{where}: {msg}" if loc else f"recipe.{msg}"
     return f"{where}: {e['msg']} (got {_short.repr(e.get('input'))})"
-
-
-def parse_value(text: str) -> Any:
-    """A --set value, typed the way YAML would type it."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    for item in overrides:
-        if "=" not in item:
-            raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set distill.epochs=3")
-        key, value = item.split("=", 1)
-        node = raw
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            if not isinstance(node.get(p, {}), dict):
-                raise RecipeError(f"--set {key}: '{p}' is not a section; set it whole, e.g. --set {p}=VALUE")
-            node = node.setdefault(p, {})
-        node[parts[-1]] = parse_value(value)
-    return raw
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

@@ -1,7 +1,8 @@
 """Typed YAML configuration shared by recipes, deployment targets and budget files (torch-free).
 
 `Strict` models refuse unknown keys and NaN/inf; `read_yaml` is `yaml.safe_load` only, with a
-one-line error; `suggest` gives the "did you mean" hint for a misspelt name.
+one-line error; `suggest` gives the "did you mean" hint for a misspelt name; `apply_overrides` applies
+`--set a.b=c` items, typed as YAML would type them.
 """
 from __future__ import annotations
 
@@ -39,3 +40,26 @@ def read_yaml(path: Path, what: str = "recipe") -> Any:
     except yaml.YAMLError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RecipeError(f"{what} {path} is not valid YAML ({first}); fix the syntax") from e
+
+
+def parse_value(text: str) -> Any:
+    """A --set value, typed the way YAML would type it."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set distill.epochs=3")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p, {}), dict):
+                raise RecipeError(f"--set {key}: '{p}' is not a section; set it whole, e.g. --set {p}=VALUE")
+            node = node.setdefault(p, {})
+        node[parts[-1]] = parse_value(value)
+    return raw

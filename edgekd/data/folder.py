@@ -42,7 +42,7 @@ class FolderDataset:
 
     num_pairings = 1
 
-    def __init__(self, name, modalities, classes, preprocess, inputs, labels, ids, splits, fingerprint):
+    def __init__(self, name, modalities, classes, preprocess, inputs, labels, ids, splits, fingerprint, raw_text=None):
         self.name: str = name
         self.modalities: dict[str, ModalitySpec] = modalities
         self.classes: list[str] = classes
@@ -50,6 +50,7 @@ class FolderDataset:
         self._inputs, self._labels, self._ids = inputs, labels, ids
         self._splits: dict[str, np.ndarray] = splits
         self._fingerprint = fingerprint
+        self.raw_text: dict[str, list[str]] = raw_text or {}  # text columns as written: a teacher's own tokenizer reads these
 
     def has_split(self, name: str) -> bool:
         return name in self._splits and len(self._splits[name]) > 0
@@ -59,6 +60,10 @@ class FolderDataset:
             raise DataError(f"unknown split '{name}': use one of {', '.join(SPLITS)}")
         idx = self._splits[name]
         return Split({m: x[idx] for m, x in self._inputs.items()}, self._labels[idx], [self._ids[i] for i in idx])
+
+    def split_rows(self, name: str) -> np.ndarray:
+        """The dataset rows of split `name`, in the split's order."""
+        return self._splits[name]
 
     def fingerprint(self) -> str:
         return self._fingerprint
@@ -92,7 +97,7 @@ def load_folder(cfg: FolderData, data_root: Path, seed: int) -> FolderDataset:
     train = splits["train"]
 
     root = folder.resolve()
-    modalities, preprocess, inputs, files = {}, {}, {}, {}
+    modalities, preprocess, inputs, files, raw_text = {}, {}, {}, {}, {}
     for col, kind in cfg.modalities.items():
         vocab = 0
         if kind in ("image", "audio"):
@@ -102,7 +107,7 @@ def load_folder(cfg: FolderData, data_root: Path, seed: int) -> FolderDataset:
         elif kind == "vector":
             x, p = _vectors([_vector(r, col, where) for r in rows], rows, col, train, where)
         else:
-            texts = [_text(r, col, where) for r in rows]
+            texts = raw_text[col] = [_text(r, col, where) for r in rows]
             tok = train_tokenizer([texts[i] for i in train], cfg.text_vocab_size)
             p = {"kind": "text", "max_length": cfg.text_max_length, "tokenizer_json": tok.to_str()}
             x, vocab = np.stack([pp.text_ids(t, p, tokenizer=tok) for t in texts]), tok.get_vocab_size()
@@ -117,7 +122,7 @@ def load_folder(cfg: FolderData, data_root: Path, seed: int) -> FolderDataset:
     for rel in sorted(files):
         h.update(rel.encode() + b"\0" + hashlib.sha256(files[rel].read_bytes()).digest())
     return FolderDataset(root.name, modalities, classes, preprocess, inputs, labels,
-                         [f"row{r.n}" for r in rows], splits, h.hexdigest()[:16])
+                         [f"row{r.n}" for r in rows], splits, h.hexdigest()[:16], raw_text)
 
 
 # --------------------------------------------------------------------------- metadata

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from edgekd import distributed as dist
+from edgekd.contract import modality_of
 from edgekd.data.base import Dataset
 from edgekd.files import atomic_path, atomic_write_json
 
@@ -80,8 +81,15 @@ class TeacherTargets:
                 self._split_cache = {pairing: (split := self.data.split("train", pairing))}
             sel = {k: torch.from_numpy(v) for k, v in
                    _teacher_outputs(self.teacher, self.names, {m: split.inputs[m][idx] for m in self.names}).items()}
+        # keyed by modality: a teacher input read through the teacher's own processor
+        # (`caption__teacher`) teaches the student's `caption`
         return {"logits": sel["logits"], "features": sel["features"],
-                "modality_features": {k[4:]: v for k, v in sel.items() if k.startswith("mod_")}}
+                "modality_features": {modality_of(k[4:]): v for k, v in sel.items() if k.startswith("mod_")}}
+
+    @property
+    def modalities(self) -> list[str]:
+        """The modalities the teacher reads (its input names without the teacher suffix)."""
+        return [modality_of(n) for n in self.names]
 
     def prepare(self, pairings: int) -> None:
         """Fill the cache for every pairing up front (so epoch timings measure training only)."""

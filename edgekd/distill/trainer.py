@@ -141,9 +141,13 @@ def train(job: Job, data: Dataset, resume: bool = False, progress=None) -> list[
 
 def _train(job: Job, data: Dataset, resume: bool, progress, world: int, device) -> list[dict]:
     o = job.optim
-    params = list(job.model.parameters()) + (list(job.projectors.parameters()) if job.projectors else [])
+    # a model may ask for its own learning rates per group (a teacher fine-tuning pretrained encoders)
+    extra = list(job.projectors.parameters()) if job.projectors else []
+    groups = (job.model.param_groups(o.lr) + [{"params": extra}] if hasattr(job.model, "param_groups")
+              else [{"params": list(job.model.parameters()) + extra}])
+    groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]  # frozen: left out
     # fused: one kernel for all parameters (measured 4x faster steps than the per-tensor loop on CPU)
-    opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, fused=True)
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=o.lr, weight_decay=o.weight_decay, fused=True)
     splits = {0: data.split("train", 0)}  # one pairing in memory at a time; epoch 0 reuses this one
     n_train = math.ceil(len(splits[0]) / world)  # rows per rank
     steps_per_epoch = math.ceil(n_train / (o.batch_size // world))
@@ -156,7 +160,9 @@ def _train(job: Job, data: Dataset, resume: bool, progress, world: int, device) 
             raise CheckpointError(f"checkpoint {job.checkpoint} was written for another recipe, dataset or teacher; "
                                   "run without --resume to start this stage afresh")
         try:
-            job.model.load_state_dict(ck["model"])
+            missing, unexpected = job.model.load_state_dict(ck["model"], strict=False)
+            if unexpected or set(missing) - _frozen(job.model):  # frozen weights are not checkpointed
+                raise KeyError(f"missing {sorted(set(missing) - _frozen(job.model))[:3]}, unexpected {unexpected[:3]}")
             if job.projectors is not None:
                 job.projectors.load_state_dict(ck["projectors"])
             opt.load_state_dict(ck["optimizer"])
@@ -169,6 +175,11 @@ def _train(job: Job, data: Dataset, resume: bool, progress, world: int, device) 
     step = TrainStep(job.model, job.projectors, job.loss)
     return _epochs(job, data, _ddp(step, device) if world > 1 else step, opt, sched, splits, start, history,
                    steps_per_epoch, progress, device)
+
+
+def _frozen(model) -> set[str]:
+    """State-dict keys of parameters that do not train."""
+    return {k for k, p in model.named_parameters() if not p.requires_grad}
 
 
 def _finite_everywhere(loss: torch.Tensor, world: int) -> bool:
@@ -249,7 +260,9 @@ def _epochs(job, data, step, opt, sched, splits, start, history, steps_per_epoch
         history.append({"epoch": epoch + 1, "loss": round(loss_sum / seen, 5), "train_accuracy": round(correct / seen, 4),
                         "seconds": round(time.perf_counter() - t0, 2),
                         **{n: round(v / seen, 5) for n, v in zip(names, sums)}})
-        state = {"model": job.model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        frozen = _frozen(job.model)  # a frozen pretrained encoder (teacher.train: head) never changes: not saved
+        state = {"model": {k: v for k, v in job.model.state_dict().items() if k not in frozen},
+                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "epoch": epoch + 1, "history": history, "fingerprint": job.fingerprint,
                  "projectors": job.projectors.state_dict() if job.projectors is not None else {}}
         with atomic_path(job.checkpoint) as tmp:  # rank 0 writes; the others' writes are discarded

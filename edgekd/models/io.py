@@ -18,13 +18,17 @@ WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
 def save_model(model, directory: Path, *, role: str, name: str, options: dict, modalities: dict[str, ModalitySpec],
-               classes: list[str], data_fingerprint: str | None = None) -> dict[str, Path]:
+               classes: list[str], data_fingerprint: str | None = None, processors: dict | None = None) -> dict[str, Path]:
+    """Weights + config.json. `processors`: the teacher's own input processors (modality -> the
+    parameters edgekd.data.teacher_inputs encodes with), so later stages feed it the same inputs."""
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
     config = {"format": "edgekd-model/1", "role": role, "name": name, "options": options,
               "modalities": {n: asdict(s) for n, s in modalities.items()}, "classes": classes,
               "data_fingerprint": data_fingerprint}
+    if processors:
+        config["processors"] = processors
     if hasattr(model, "encoder_sources"):
         config["options"] = {**options, "encoders": model.encoder_sources()}
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}

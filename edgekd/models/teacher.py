@@ -8,32 +8,20 @@ cross-attends over every modality's tokens, or late fusion (summed per-modality 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
+from edgekd.contract import modality_of
 from edgekd.data.base import ModalitySpec
 from edgekd.errors import CheckpointError
 from edgekd.models.registry import ModelOutput, register_model
 
 
-def _load_pretrained(directory: str, modality: str):
-    from transformers import AutoModel
+def _load_pretrained(source: dict, modality: str):
+    from edgekd.models.pretrained import load_encoder, resolve_dir
 
-    path = Path(directory).expanduser()
-    if not (path / "config.json").is_file():
-        raise CheckpointError(
-            f"recipe.teacher.encoders.{modality}.pretrained: {path} is not a Hugging Face model directory "
-            "(no config.json); point it at a folder written by save_pretrained()"
-        )
-    try:
-        # local_files_only: never reach a hub; remote code stays off.
-        model = AutoModel.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
-        # encoder-decoder audio models (Whisper): keep the encoder, which is what edgekd rebuilds
-        return model.get_encoder() if model.config.model_type == "whisper" else model
-    except (OSError, ValueError, KeyError) as e:
-        raise CheckpointError(f"recipe.teacher.encoders.{modality}.pretrained: cannot load {path} ({e})") from e
+    where = f"recipe.teacher.encoders.{modality}.pretrained"
+    return load_encoder(resolve_dir(source["pretrained"], where, source.get("sha256")), where)
 
 
 def _from_config(config, auto: bool):
@@ -96,10 +84,14 @@ class HFEncoder(nn.Module):
         source = source or {}
         # `auto`: the encoder came from a user's model directory and keeps its own head layout
         self.auto = bool(source.get("pretrained") or source.get("auto"))
+        # a pretrained text encoder gives one sentence embedding (mean of its token states, as
+        # sentence-transformers pools), which is also what the frozen-encoder cache stores
+        self.pooled = spec.kind == "text" and bool(source.get("pooled", bool(source.get("pretrained"))))
+        self.pad_id = int(source.get("pad_id", 0))
         if source.get("hf_config"):  # rebuilding a saved teacher
             self.net = _from_config(AutoConfig.for_model(**source["hf_config"]), self.auto)
         elif source.get("pretrained"):
-            self.net = _load_pretrained(source["pretrained"], spec.name)
+            self.net = _load_pretrained(source, modality_of(spec.name))
         else:
             self.net = _new_encoder(spec, hidden, layers, heads, audio_encoder, image_patch, dropout, image_encoder)
         cfg = self.net.config
@@ -127,9 +119,18 @@ class HFEncoder(nn.Module):
             if self.model_type == "whisper":
                 return self.proj(self.net(input_features=x.transpose(1, 2)).last_hidden_state), None
             return self.proj(self.net(input_values=x).last_hidden_state), None
-        pad = x == 0  # token id 0 is [PAD]
+        if self.pooled:  # (B, 1, H): a cached sentence embedding (B, D) floats, or token ids to embed
+            return self.proj(x if x.is_floating_point() else self.embed(x))[:, None], None
+        pad = x == self.pad_id  # token id 0 is [PAD] in edgekd's own vocabularies
         tokens = self.net(input_ids=x, attention_mask=(~pad).long()).last_hidden_state
         return self.proj(tokens), pad
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, D) mean of the encoder's token states over the non-padding tokens."""
+        keep = ids != self.pad_id
+        tokens = self.net(input_ids=ids, attention_mask=keep.long()).last_hidden_state
+        w = keep.to(tokens.dtype)[..., None]
+        return (tokens * w).sum(1) / w.sum(1).clamp(min=1.0)
 
 
 class VectorEncoder(nn.Module):
@@ -183,11 +184,28 @@ class MultimodalTeacher(nn.Module):
             self.norm = nn.LayerNorm(hidden)
         self.head = nn.Linear(hidden, num_classes) if fusion != "late" else nn.Identity()
         self.embed_dim = hidden
+        self.encoder_lr_scale = 1.0
 
     def encoder_sources(self) -> dict:
         """What rebuilds each transformers encoder offline (stored in the teacher's config.json)."""
-        return {n: {"hf_config": e.net.config.to_dict(), "auto": e.auto}
+        return {n: {"hf_config": e.net.config.to_dict(), "auto": e.auto, "pooled": e.pooled, "pad_id": e.pad_id}
                 for n, e in self.encoders.items() if isinstance(e, HFEncoder)}
+
+    def pretrained(self) -> list[str]:
+        """The inputs whose encoder came from a user's model directory."""
+        return [n for n, e in self.encoders.items() if isinstance(e, HFEncoder) and e.auto]
+
+    def freeze(self, names: list[str]) -> None:
+        """teacher.train: head -- these encoders keep their pretrained weights."""
+        for n in names:
+            self.encoders[n].net.requires_grad_(False)
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """teacher.train: all -- pretrained encoders at `encoder_lr_scale` x lr, the rest at lr."""
+        slow = [p for n in self.pretrained() for p in self.encoders[n].net.parameters() if p.requires_grad]
+        ids = {id(p) for p in slow}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        return [{"params": rest}] + ([{"params": slow, "lr": lr * self.encoder_lr_scale}] if slow else [])
 
     def forward(self, inputs: dict[str, torch.Tensor], keep: torch.Tensor | None = None) -> ModelOutput:
         """`keep` (B, M) marks which modalities each sample has (1) or lacks (0); None = all."""
