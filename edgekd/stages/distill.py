@@ -18,7 +18,7 @@ from edgekd.plots import confusion_png
 from edgekd.recipe import recipe_hash
 from edgekd.rundir import RunDir
 from edgekd.schema import suggest
-from edgekd.stages.common import check_data, example_batch, load_model, pct, threads
+from edgekd.stages.common import check_data, example_batch, load_model, pct, teacher_data, threads
 
 
 def student_modalities(recipe, data) -> list[str]:
@@ -52,7 +52,7 @@ def _fit_student(run, recipe, data, names, label, targets, resume, progress, kd:
     if kd:
         dim_s, dim_t = student.embed_dim, targets.teacher.embed_dim
         job.targets = targets
-        job.projectors = Projectors(dim_s, dim_t, {m: (dim_s, dim_t) for m in names if m in targets.names})
+        job.projectors = Projectors(dim_s, dim_t, {m: (dim_s, dim_t) for m in names if m in targets.modalities})
         job.loss = loss_weights(d)
     history = train(job, data, resume, progress)
     files = save_model(student, run.stage_dir("distill") / label, role="student", name=recipe.student.name,
@@ -82,7 +82,7 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         cache_dir = None
         if r.distill.cache:
             cache_dir = run.path / "cache" / f"teacher-{sha256_file(teacher_w)[:12]}-{data.fingerprint()}"
-        targets = TeacherTargets(teacher, teacher_names, data, cache_dir)
+        targets = TeacherTargets(teacher, teacher_names, teacher_data(run, data), cache_dir)
         t0 = time.time()
         targets.prepare(data.num_pairings)
         cache_seconds = round(time.time() - t0, 2)

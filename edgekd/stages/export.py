@@ -29,7 +29,7 @@ from edgekd.models.student import inference_form
 from edgekd.rundir import RunDir
 from edgekd.runtime.bundle import write_bundle
 from edgekd.runtime.runner import OrtRunner
-from edgekd.stages.common import check_data, load_model, pct, threads
+from edgekd.stages.common import check_data, load_model, pct, teacher_data, threads
 from edgekd.trt.lint import check, format_report, lint_onnx
 
 # what each artifact is, for the bundle and the bench
@@ -99,16 +99,19 @@ def rungs(cfg) -> dict[str, Rung]:
             "student_int8_cpu": Rung("student_int8_cpu", "pytorch fake-quant", float("inf"), 0.0)}
 
 
-def parity(files: dict[str, Path], models: dict, test, cfg, threads_: int) -> tuple[dict, dict]:
+def parity(files: dict[str, Path], models: dict, tests: dict, cfg, threads_: int) -> tuple[dict, dict]:
     """(parity report, metrics): each ONNX model through OrtRunner against its PyTorch model at
-    batch 1 and a larger batch, then its accuracy and top-1 agreement over the whole test split."""
+    batch 1 and a larger batch, then its accuracy and top-1 agreement over the whole test split.
+    `tests[key]` is (the split the exported model reads, the same rows for the PyTorch reference:
+    for a teacher with frozen encoders, their cached embeddings instead of a second slow pass)."""
     # the CPU model's own calibration moves near-tied logits, so its agreement is judged over the
     # whole test split rather than per small batch
     min_test_agreement = {"student_int8_cpu": cfg.cpu_int8_min_agreement}
-    ladder, n = rungs(cfg), len(test)
+    ladder = rungs(cfg)
     report, metrics = {}, {}
     for key, path in files.items():
-        names = list(models[key].names)
+        test, reference = tests[key]
+        n, names = len(test), list(models[key].names)
         big = max(2, min(cfg.parity_batch, n - 1))  # a small test split caps the larger batch
         batches = {1: {m: test.inputs[m][:1] for m in names}, big: {m: test.inputs[m][1 : 1 + big] for m in names}}
         runner = OrtRunner(path, threads=threads_)
@@ -117,7 +120,7 @@ def parity(files: dict[str, Path], models: dict, test, cfg, threads_: int) -> tu
             acc, preds = accuracy(runner, {m: test.inputs[m] for m in names}, test.labels)
         finally:
             runner.close()
-        ref = predict(models[key], test, names).argmax(1)
+        ref = predict(models[key], reference, names).argmax(1)
         report[key].update({"accuracy": acc, "test_top1_agreement": round(float((preds == ref).mean()), 4)})
         if report[key]["test_top1_agreement"] < min_test_agreement.get(key, 0.0):
             raise ExportError(f"parity: {key} agrees with {ladder[key].reference} on "
@@ -130,22 +133,24 @@ def parity(files: dict[str, Path], models: dict, test, cfg, threads_: int) -> tu
     return report, metrics
 
 
-def bundle(run: RunDir, data, test, files, metrics, config, embed_dim: int, input_names: list[str]) -> Path:
+def bundle(run: RunDir, data, tests: dict, files, metrics, config, embed_dim: int, used: set[str]) -> Path:
     """The device bundle: the models, io_spec, preprocess parameters, labels and (optionally) the
     test split's model inputs, so `edgekd bench` on a device reports accuracy on its own backend."""
     flops = {"student": run.stage("distill")["metrics"].get("flops"),
              "teacher": run.stage("teacher")["metrics"].get("flops")}
     models = {k: {**KINDS[k], "accuracy": metrics[k]["accuracy"], "flops": flops[KINDS[k]["role"]]} for k in files}
+    # every model's inputs: the student's, and the teacher's own where its processors made them
+    inputs = {m: (split.inputs[m], pre[m]) for split, pre in tests.values() for m in split.inputs if m in used}
     extra = {}
     if run.recipe.export.testset:  # every model input of the test split + labels, no pickles (allow_pickle=False)
+        labels = next(iter(tests.values()))[0].labels
         out = run.stage_dir("export") / "testset.npz"
-        arrays = {f"input.{m}": test.inputs[m] for m in input_names}
         with atomic_path(out) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, labels=test.labels.astype(np.int64), **arrays)
+            np.savez_compressed(f, labels=labels.astype(np.int64), **{f"input.{m}": x for m, (x, _) in inputs.items()})
         extra["testset.npz"] = out
     return write_bundle(run.path / "bundle", name=run.recipe.name, models=models, model_files=files,
                         io_spec=io_spec(config["modalities"], len(data.classes), embed_dim),
-                        preprocess={n: data.preprocess[n] for n in input_names},
+                        preprocess={m: p for m, (_, p) in inputs.items()},
                         labels=list(data.classes), extra_files=extra)
 
 
@@ -160,23 +165,31 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         fp32, config = load_model(run, "student")
         quant, _ = load_model(run, "qat")
         teacher = load_model(run, "teacher")[0] if e.teacher else None
+        # the teacher reads its own processors' inputs (token ids); its PyTorch reference over the
+        # whole test split may use the frozen encoders' cached embeddings instead (same outputs)
+        tview = teacher_data(run, data, embeddings=False) if teacher is not None else None
         started = run.begin("export")
         out = run.stage_dir("export")
         test, names = data.split("test"), list(fp32.names)
         example = {n: torch.from_numpy(test.inputs[n][:2]) for n in names}
 
         models = {"student_fp32": fp32, "student_int8_qdq": quant}
+        tests = {"student_fp32": (test, test), "student_int8_qdq": (test, test)}
         files = export_student(fp32, quant, example, out)
         if teacher is not None:
-            files["teacher_fp32"], models["teacher_fp32"] = export_teacher(teacher, test, out), teacher
+            ttest = tview.split("test")
+            files["teacher_fp32"], models["teacher_fp32"] = export_teacher(teacher, ttest, out), teacher
+            tests["teacher_fp32"] = (ttest, teacher_data(run, data).split("test"))
         if e.cpu_int8:
             files["student_int8_cpu"] = export_cpu_int8(quant, example, data.split("train", 0), names, r.seed, e, out)
-            models["student_int8_cpu"] = quant
+            models["student_int8_cpu"], tests["student_int8_cpu"] = quant, (test, test)
         lint_files = lint(files, out)
-        report, metrics = parity(files, models, test, e, r.threads)
+        report, metrics = parity(files, models, tests, e, r.threads)
         parity_json = atomic_write_json(out / "parity.json", report)
-        inputs = list(dict.fromkeys([*names, *(teacher.names if teacher else [])]))
-        bundle(run, data, test, files, metrics, config, fp32.embed_dim, inputs)
+        splits = {"student": (test, data.preprocess)}
+        if teacher is not None:
+            splits["teacher"] = (ttest, tview.preprocess)
+        bundle(run, data, splits, files, metrics, config, fp32.embed_dim, {n for m in models.values() for n in m.names})
         run.record("export", started=started, outputs={**files, "parity": parity_json, **lint_files},
                    metrics={**metrics, "opset": OPSET},
                    inputs={"student_weights": run.artifact("distill", "weights"), "qat_model": run.artifact("qat", "model")},

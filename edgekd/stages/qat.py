@@ -29,7 +29,7 @@ from edgekd.quant.int8 import (
 )
 from edgekd.recipe import recipe_hash
 from edgekd.rundir import RunDir
-from edgekd.stages.common import check_data, load_model, pct, threads
+from edgekd.stages.common import check_data, load_model, pct, teacher_data, threads
 
 
 def list_layers(run: RunDir) -> list[str]:
@@ -166,7 +166,7 @@ def _qad_objective(run: RunDir, r, student, targets) -> tuple:
         return None, loss_weights(r.distill, r.qat, features=False)
     loss = loss_weights(r.distill, r.qat)
     dim_s, dim_t = student.embed_dim, targets.teacher.embed_dim
-    proj = Projectors(dim_s, dim_t, {m: (dim_s, dim_t) for m in student.names if m in targets.names})
+    proj = Projectors(dim_s, dim_t, {m: (dim_s, dim_t) for m in student.names if m in targets.modalities})
     try:
         proj.load_state_dict(load_file(str(run.artifact("distill", "projectors"))))
     except (RuntimeError, OSError, ValueError) as e:
@@ -179,7 +179,7 @@ def _teacher_targets(run: RunDir, data) -> TeacherTargets:
     """The distill stage's cached teacher outputs (recomputed into the same place if deleted)."""
     teacher, _ = load_model(run, "teacher")
     rel = run.stage("distill").get("cache")
-    targets = TeacherTargets(teacher, list(teacher.names), data, run.path / rel if rel else None)
+    targets = TeacherTargets(teacher, list(teacher.names), teacher_data(run, data), run.path / rel if rel else None)
     return targets
 
 

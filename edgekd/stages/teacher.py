@@ -2,17 +2,24 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from functools import partial
+from hashlib import sha256
 from pathlib import Path
 
 import torch
 
+from edgekd.contract import modality_of
 from edgekd.data import load_dataset
+from edgekd.data.base import ModalitySpec
+from edgekd.data.teacher_inputs import TeacherView, text_params
+from edgekd.distill.embeddings import cached_embeddings, embed_rows
 from edgekd.distill.evaluate import evaluate
 from edgekd.distill.trainer import Job, train
 from edgekd.errors import CheckpointError, RecipeError
 from edgekd.files import atomic_copy, atomic_write_json
 from edgekd.models import count_flops, count_params, create_model
 from edgekd.models.io import CONFIG, WEIGHTS, load_model_dir, save_model
+from edgekd.models.pretrained import resolve_dir, weights_sha256
 from edgekd.plots import confusion_png
 from edgekd.recipe import recipe_hash
 from edgekd.rundir import RunDir
@@ -27,18 +34,55 @@ def build_teacher(recipe, data):
                "audio_encoder": t.audio_encoder, "image_patch": t.image_patch, "dropout": t.dropout,
                "image_encoder": t.image_encoder}
     torch.manual_seed(recipe.seed)
+    encoders = {n: t.encoders[modality_of(n)].model_dump() for n in data.modalities if modality_of(n) in t.encoders}
     model = create_model(t.name, "teacher", modalities=data.modalities, num_classes=len(data.classes),
-                         encoders={n: e.model_dump() for n, e in t.encoders.items()}, **options)
+                         encoders=encoders, **options)
     return model, options
+
+
+def processors(recipe, data) -> dict:
+    """modality -> the parameters of its pretrained encoder's own processor (text: its tokenizer)."""
+    out = {}
+    for m, source in recipe.teacher.encoders.items():
+        if source.pretrained and data.modalities[m].kind == "text":
+            where = f"recipe.teacher.encoders.{m}.pretrained"
+            out[m] = text_params(resolve_dir(source.pretrained, where, source.sha256), where, source.max_length)
+    return out
+
+
+def train_mode(t, model) -> str:
+    return t.train or ("head" if model.pretrained() else "all")
+
+
+def _frozen_embeddings(run: RunDir, model, view, progress) -> tuple[object, dict]:
+    """teacher.train: head -- every row's embedding from each frozen pretrained text encoder, once,
+    into cache/embeddings-<key>/; the returned view feeds those instead of token ids."""
+    stats = {}
+    for name in model.pretrained():
+        enc = model.encoders[name]
+        if not enc.pooled:
+            continue
+        p = view.params[modality_of(name)]
+        source = run.recipe.teacher.encoders[modality_of(name)]
+        src = resolve_dir(source.pretrained, "recipe.teacher.encoders", source.sha256)
+        key = sha256(f"{weights_sha256(src)}:{p['tokenizer_json']}:{p['max_length']}:{view.fingerprint()}".encode())
+        cache = run.path / "cache" / f"embeddings-{key.hexdigest()[:16]}"
+        rows, st = cached_embeddings(cache, name, partial(embed_rows, enc, view.rows(name), int(p["pad_id"]),
+                                                          progress=progress, label=f"embedding {name}"))
+        spec = ModalitySpec(name, "text", (rows.shape[1],), "float32")
+        view = view.with_rows(name, spec, rows)
+        stats[name] = {**st, "cache": str(cache.relative_to(run.path))}
+    return view, stats
 
 
 def _check_adoptable(run: RunDir, data):
     """Load the teacher directory the recipe names and check it was trained for this dataset."""
     src = Path(run.recipe.teacher.checkpoint).expanduser()
     model, config = load_model_dir(src)
+    view = TeacherView(data, config.get("processors") or {})  # the inputs it was trained on
     if config["role"] != "teacher":
         raise CheckpointError(f"recipe.teacher.checkpoint: {src} holds a {config['role']}, not a teacher")
-    ours = {n: asdict(s) for n, s in data.modalities.items()}
+    ours = {n: asdict(s) for n, s in view.modalities.items()}
     theirs = {n: {**s, "shape": tuple(s["shape"])} for n, s in config["modalities"].items()}
     if theirs != {n: {**s, "shape": tuple(s["shape"])} for n, s in ours.items()} or config["classes"] != data.classes:
         raise CheckpointError(f"recipe.teacher.checkpoint: {src} was trained on other inputs or classes "
@@ -47,7 +91,7 @@ def _check_adoptable(run: RunDir, data):
         raise CheckpointError(f"recipe.teacher.checkpoint: {src} was trained on other data (another split, "
                               "degradation or files), so its test scores would not be honest; retrain with "
                               "teacher.checkpoint: null or use the same data settings")
-    return src, model
+    return src, model, view
 
 
 def _copy_teacher(src: Path, out_dir: Path) -> None:
@@ -73,32 +117,43 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
     with threads(r.threads):
         data = load_dataset(r, data_root)
         check_encoders(r, data)
-        names = list(data.modalities)
         adopted = _check_adoptable(run, data) if r.teacher.checkpoint else None  # before anything changes
-        fresh = None if adopted else build_teacher(r, data)  # pretrained encoders load here: errors come first
+        # the teacher's own input path (its processors' view of the same rows); the tokenizer and the
+        # pretrained encoders load here, so their errors come before anything is written
+        view = adopted[2] if adopted else TeacherView(data, processors(r, data))
+        fresh = None if adopted else build_teacher(r, view)
+        names = list(view.modalities)
         started = run.begin("teacher")
         out_dir = run.stage_dir("teacher")
-        inputs = {}
+        inputs, extra, fast = {}, {}, view
         if adopted:
-            src, model = adopted
+            src, model, _ = adopted
             _copy_teacher(src, out_dir)
             history, inputs = [], {"source_weights": src / WEIGHTS}
             files = {"weights": out_dir / WEIGHTS, "config": out_dir / CONFIG}
         else:
             t = r.teacher
             model, options = fresh
+            extra["train"] = mode = train_mode(t, model)
+            if mode == "head":
+                model.freeze(model.pretrained())
+                fast, extra["embeddings"] = _frozen_embeddings(run, model, view, progress)
+            else:
+                model.encoder_lr_scale = t.encoder_lr_scale
             job = Job(model, names, t, r.seed, out_dir / "checkpoint.pt", "teacher",
-                      fingerprint=f"{recipe_hash(r)}:{data.fingerprint()}")
-            history = train(job, data, resume, progress)
+                      fingerprint=f"{recipe_hash(r)}:{view.fingerprint()}")
+            history = train(job, fast, resume, progress)
             files = save_model(model, out_dir, role="teacher", name=t.name, options=options,
-                               modalities=data.modalities, classes=data.classes,
-                               data_fingerprint=data.fingerprint())
-        result = evaluate(model, data.split("test"), names, data.classes)
+                               modalities=view.modalities, classes=data.classes,
+                               data_fingerprint=data.fingerprint(), processors=view.params)
+        result = evaluate(model, fast.split("test"), names, data.classes)
         metrics = {
             "accuracy": result["accuracy"],
             "params": count_params(model),
-            "flops": count_flops(model, example_batch(data, names)),
-            "accuracy_without": result["accuracy_without"],
+            "flops": count_flops(model, example_batch(view, names)),
+            "accuracy_without": {modality_of(k): v for k, v in result["accuracy_without"].items()},
+            **({"train": extra["train"]} if "train" in extra and model.pretrained() else {}),
+            **({"embeddings": extra["embeddings"]} if extra.get("embeddings") else {}),
         }
         report = atomic_write_json(out_dir / "eval.json", {**result, "history": history})
         outputs = {**files, "eval": report}
@@ -106,8 +161,9 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
                             out_dir / "confusion.png")
         if png is not None:  # None where matplotlib is not installed
             outputs["confusion"] = png
-        run.record("teacher", started=started, outputs=outputs, metrics=metrics,
-                   inputs=inputs, extra={"data_fingerprint": data.fingerprint()})
+        run.record("teacher", started=started, outputs=outputs, metrics=metrics, inputs=inputs,
+                   extra={"data_fingerprint": data.fingerprint(),
+                          "embeddings": {n: e["cache"] for n, e in (extra.get("embeddings") or {}).items()}})
     return metrics
 
 
