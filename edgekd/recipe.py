@@ -65,9 +65,9 @@ class FolderData(Strict):
     )
     split_column: str = Field("split", description="Optional column with train/val/test.")
     val_fraction: float = Field(
-        0.0, ge=0, lt=1, description="Used when there is no split column; val rows are held out of training "
-        "(kept for your own model selection; stages report the test split)."
-    )
+        0.0, ge=0, lt=1, description="Rows held out of training for model selection (stages report val and "
+        "test accuracy): without a split column a seeded stratified share of all rows; with one that has no val "
+        "rows, a seeded share of each class's train rows.")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Used when there is no split column.")
     image_size: int = Field(28, gt=0, description="Images are resized to image_size x image_size.")
     image_mode: Literal["gray", "rgb"] = Field(

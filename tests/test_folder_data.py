@@ -349,3 +349,18 @@ def test_audio_in_other_formats_loads_for_training(tmp_path):
     for i in range(4):
         j = tr.ids.index(f"row{i + 1}")
         np.testing.assert_array_equal(pp.audio_from_file(folder / rows[i]["snd"], ds.preprocess["snd"]), tr.inputs["snd"][j])
+
+
+def test_val_fraction_carves_validation_rows_out_of_train_when_the_split_column_has_none(tmp_path):
+    folder = tmp_path / "ds"
+    rows = make_rows(folder, n=40)
+    for i, r in enumerate(rows):
+        r["split"] = "test" if i >= 32 else "train"
+    write_jsonl(folder, rows)
+    ds = load(folder, val_fraction=0.25)
+    tr, va, te = (set(ds.split(s).ids) for s in ("train", "val", "test"))
+    assert len(va) == 8 and len(tr) == 24 and not (tr & va) and not (va & te)
+    assert te == {f"row{i}" for i in range(33, 41)}  # the given test rows stay test
+    assert sorted(ds.split("val").labels.tolist()) == [0] * 4 + [1] * 4  # stratified
+    assert load(folder, val_fraction=0.25).split("val").ids == ds.split("val").ids  # seeded
+    assert not load(folder).has_split("val")

@@ -212,7 +212,22 @@ def _splits(rows, label_names, classes, cfg: FolderData, seed: int, where, meta_
     missing = [c for c in classes if c not in in_train]
     if missing:
         raise DataError(f"{meta_name}: class(es) {', '.join(missing)} have no train rows in column '{col}': mark at least one row of each class as train")
+    if not out["val"] and cfg.val_fraction > 0:  # a split column without val rows: carve val out of train
+        out["train"], out["val"] = _carve(out["train"], label_names, classes, cfg.val_fraction, seed)
     return {s: np.array(v, dtype=np.int64) for s, v in out.items()}
+
+
+def _carve(train: list[int], label_names, classes, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Per class, a seeded `fraction` of its train rows (at least one train row left) becomes val."""
+    names = np.array(label_names)[train]
+    keep, val = [], []
+    for c in classes:
+        rng = np.random.default_rng([seed % 2**32, zlib.crc32(c.encode()), 1])  # as _stratified, another stream
+        idx = rng.permutation(np.asarray(train)[names == c])
+        n_val = max(0, min(math.floor(len(idx) * fraction + 0.5), len(idx) - 1))
+        val += idx[:n_val].tolist()
+        keep += idx[n_val:].tolist()
+    return sorted(keep), sorted(val)
 
 
 def _stratified(label_names, classes, cfg: FolderData, seed: int) -> dict[str, np.ndarray]:

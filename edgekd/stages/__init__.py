@@ -36,10 +36,11 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("teacher", ("seed", "data", "teacher"), trains=True,
-          metrics=("accuracy", "params", "flops", "accuracy_without"),
+          metrics=("accuracy", "val_accuracy", "params", "flops", "accuracy_without"),
           help="Fit the multimodal teacher (or adopt recipe.teacher.checkpoint) and evaluate it."),
     Stage("distill", ("student", "distill"), trains=True,
-          metrics=("accuracy", "params", "flops", "baseline_accuracy", "kd_gain", "accuracy_without"),
+          metrics=("accuracy", "val_accuracy", "params", "flops", "baseline_accuracy", "baseline_val_accuracy",
+                   "kd_gain", "accuracy_without"),
           help="Distill the teacher into the student (and train the no-KD baseline)."),
     Stage("qat", ("qat",), trains=True,
           metrics=("fp32_accuracy", "ptq_accuracy", "accuracy", "budget"),

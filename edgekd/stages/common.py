@@ -89,3 +89,13 @@ def teacher_data(run, data, embeddings: bool = True):
             if rows.shape[0] == len(view.rows(name)):
                 view = view.with_rows(name, ModalitySpec(name, "text", (rows.shape[1],), "float32"), rows)
     return view
+
+
+def val_accuracy(model, data, names: list[str]) -> float | None:
+    """Accuracy on the validation split (None without one): what settings are chosen on."""
+    if not data.has_split("val"):
+        return None
+    from edgekd.distill.evaluate import predict
+
+    val = data.split("val")
+    return round(float((predict(model, val, names).argmax(1) == val.labels).mean()), 4)

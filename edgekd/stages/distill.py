@@ -18,7 +18,7 @@ from edgekd.plots import confusion_png
 from edgekd.recipe import recipe_hash
 from edgekd.rundir import RunDir
 from edgekd.schema import suggest
-from edgekd.stages.common import check_data, example_batch, load_model, pct, teacher_data, threads
+from edgekd.stages.common import check_data, example_batch, load_model, pct, teacher_data, threads, val_accuracy
 
 
 def student_modalities(recipe, data) -> list[str]:
@@ -94,6 +94,7 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         teacher_acc = run.stage("teacher")["metrics"]["accuracy"]
         metrics = {
             "accuracy": result["accuracy"],
+            "val_accuracy": val_accuracy(student, data, names),
             "params": count_params(student),
             "flops": count_flops(student, example_batch(data, names)),
             "accuracy_without": result["accuracy_without"],
@@ -110,6 +111,7 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
                                                        kd=False, fingerprint=fingerprint)
             base_result = evaluate(base, test, names, data.classes)
             metrics["baseline_accuracy"] = base_result["accuracy"]
+            metrics["baseline_val_accuracy"] = val_accuracy(base, data, names)
             metrics["kd_gain"] = round(result["accuracy"] - base_result["accuracy"], 4)
             outputs.update({"baseline_weights": base_files["weights"], "baseline_config": base_files["config"]})
             report["baseline"] = {**base_result, "history": base_hist}
@@ -131,5 +133,8 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
 def summary(m: dict) -> str:
     gain = ("" if m.get("kd_gain") is None
             else f", no-KD baseline {pct(m['baseline_accuracy'])}, KD gain {100 * m['kd_gain']:+.1f} pt")
+    if m.get("val_accuracy") is not None:
+        gain += f"; val {pct(m['val_accuracy'])}" + (f" vs baseline {pct(m['baseline_val_accuracy'])}"
+                                                      if m.get("baseline_val_accuracy") is not None else "")
     return (f"distill: student accuracy {pct(m['accuracy'])} (teacher {pct(m['teacher_accuracy'])}){gain}; "
             f"{m['params']:,} params (1/{m['teacher_params_ratio']:.0f} of the teacher)")

@@ -24,7 +24,7 @@ from edgekd.plots import confusion_png
 from edgekd.recipe import recipe_hash
 from edgekd.rundir import RunDir
 from edgekd.schema import suggest
-from edgekd.stages.common import example_batch, pct, threads
+from edgekd.stages.common import example_batch, pct, threads, val_accuracy
 
 
 def build_teacher(recipe, data):
@@ -149,6 +149,7 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         result = evaluate(model, fast.split("test"), names, data.classes)
         metrics = {
             "accuracy": result["accuracy"],
+            "val_accuracy": val_accuracy(model, fast, names),
             "params": count_params(model),
             "flops": count_flops(model, example_batch(view, names)),
             "accuracy_without": {modality_of(k): v for k, v in result["accuracy_without"].items()},
@@ -169,4 +170,5 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
 
 def summary(m: dict) -> str:
     alone = ", ".join(f"without {k} {pct(v)}" for k, v in m.get("accuracy_without", {}).items())
-    return f"teacher: accuracy {pct(m['accuracy'])} ({alone}); {m['params']:,} params"
+    val = f", val {pct(m['val_accuracy'])}" if m.get("val_accuracy") is not None else ""
+    return f"teacher: accuracy {pct(m['accuracy'])} ({alone}{val}); {m['params']:,} params"
