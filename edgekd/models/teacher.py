@@ -128,6 +128,9 @@ class HFEncoder(nn.Module):
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, D) mean of the encoder's token states over the non-padding tokens."""
         keep = ids != self.pad_id
+        if not torch.onnx.is_in_onnx_export() and keep.any():  # ids are right-padded: cut to the longest text
+            width = int(keep.sum(1).max())  # (the graph an export traces keeps the full width)
+            ids, keep = ids[:, :width], keep[:, :width]
         tokens = self.net(input_ids=ids, attention_mask=keep.long()).last_hidden_state
         w = keep.to(tokens.dtype)[..., None]
         return (tokens * w).sum(1) / w.sum(1).clamp(min=1.0)
