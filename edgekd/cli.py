@@ -218,7 +218,7 @@ def predict_(bundle: Annotated[Path, typer.Argument(help="A bundle directory (ru
     """Classify one sample from raw files with a bundle (onnxruntime + numpy; torch is never imported)."""
     from edgekd.runtime.predict import predict, route
 
-    given = route(bundle, {"image": image, "audio": audio, "text": text, "vector": vector}, inputs)
+    given = route(bundle, {"image": image, "audio": audio, "text": text, "vector": vector}, inputs, model)
     result = predict(bundle, **given, model=model, threads=threads, backend=backend)
     if as_json:
         typer.echo(json.dumps(result, indent=2))

@@ -14,7 +14,7 @@ def evaluate_run(run_dir: Path, which: str, data_root=None) -> dict:
     from edgekd.data import load_dataset
     from edgekd.distill.evaluate import evaluate
     from edgekd.rundir import RunDir
-    from edgekd.stages.common import check_data, load_model, teacher_data, threads
+    from edgekd.stages.common import check_data, load_model, student_data, teacher_data, threads
 
     if which not in _MODELS:
         raise UsageError(f"--model {which!r}: choose teacher, student or baseline")
@@ -25,7 +25,7 @@ def evaluate_run(run_dir: Path, which: str, data_root=None) -> dict:
     with threads(run.recipe.threads):
         data = load_dataset(run.recipe, data_root)
         check_data(run, _MODELS[which], data)
-        test = (teacher_data(run, data) if which == "teacher" else data).split("test")
+        test = (teacher_data(run, data) if which == "teacher" else student_data(run, data)).split("test")
         result = evaluate(model, test, list(config["modalities"]), data.classes)
     return {"model": which, "samples": len(test), **result}
 

@@ -158,6 +158,9 @@ class StudentConfig(Strict):
         None, min_length=1,
         description="Modalities the student sees (default all; a subset is cross-modal distillation).",
     )
+    text_tokenizer: Literal["own", "teacher"] = Field(
+        "own", description="own: edgekd's small WordPiece vocabulary trained on the train texts; teacher: the "
+        "pretrained teacher's tokenizer, its vocabulary pruned to the tokens seen in the train split.")
 
 
 class DistillConfig(Optim):

@@ -19,9 +19,15 @@ def tiny_bert(path: Path, hidden: int = 32) -> Path:
 
     logging.disable_progress_bar()  # the test reads stderr
     path.mkdir(parents=True, exist_ok=True)
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "##s"]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt"), model_max_length=16).save_pretrained(str(path))
+    core = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    core.normalizer = normalizers.BertNormalizer(lowercase=True)
+    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    core.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    BertTokenizerFast(tokenizer_object=core, model_max_length=16, pad_token="[PAD]", unk_token="[UNK]",
+                      cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]").save_pretrained(str(path))
     import torch
 
     torch.manual_seed(0)
@@ -124,6 +130,12 @@ def test_a_pretrained_text_encoder_teaches_through_every_stage(tmp_path, capsys,
     assert rows["teacher_fp32"]["accuracy"] == m["export"]["metrics"]["teacher_fp32"]["accuracy"]
     code, out, err = cli(capsys, "eval", run, "--model", "teacher", "--json")
     assert code == 0 and json.loads(out)["accuracy"] == teacher["accuracy"], err
+    d = tmp_path / "data"
+    row = json.loads((d / "metadata.jsonl").read_text().splitlines()[-1])
+    for key in ("student_int8_cpu", "teacher_fp32"):  # --text goes to each model's own text input, torch-free
+        code, out, err = cli(capsys, "predict", bundle, "--model", key, "--input", f"img={d / row['img']}",
+                             "--text", row["caption"], "--json")
+        assert code == 0 and json.loads(out)["model"] == key, err
 
 
 def test_a_model_directory_without_a_tokenizer_is_a_one_line_error(tmp_path, capsys):
@@ -197,3 +209,44 @@ def test_frozen_encoder_weights_stay_out_of_checkpoints_and_resume_works(tmp_pat
     assert any(k.startswith("encoders.img.") for k in state["model"])
     code, _, err = cli(capsys, "teacher", run, "--force", "--resume", "-q")
     assert code == 0 and "resuming after epoch 3/3" in err, err
+
+
+def test_the_student_can_read_text_through_the_teachers_pruned_vocabulary(tmp_path, capsys):
+    from tokenizers import Tokenizer
+
+    from edgekd.data.teacher_inputs import encode_texts, pruned_text_params, text_params
+
+    model = tiny_bert(tmp_path / "bert")
+    full = text_params(model, "here", 8)
+    pruned = pruned_text_params(full, ["red cat", "blue dogs"])
+    vocab = Tokenizer.from_str(pruned["tokenizer_json"]).get_vocab()
+    assert vocab["[PAD]"] == 0 and vocab["[UNK]"] == 1 and set(vocab) == {
+        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "red", "cat", "blue", "dog", "##s"}
+    ids = encode_texts(["red cat", "green cat"], pruned)  # green: not in the train texts
+    words = {i: t for t, i in vocab.items()}
+    assert [words[i] for i in ids[0] if i] == ["[CLS]", "red", "cat", "[SEP]"]
+    assert [words[i] for i in ids[1] if i] == ["[CLS]", "[UNK]", "cat", "[SEP]"]
+
+    run = tmp_path / "run"
+    r = recipe(tmp_path, folder(tmp_path), model, extra="")
+    r.write_text(r.read_text().replace("student: {name: fusion_tiny}", "student: {name: fusion_tiny, text_tokenizer: teacher}"))
+    code, _, err = cli(capsys, "run", r, "--run-dir", run, "-q")
+    assert code == 0, err
+    config = json.loads((run / "distill" / "student" / "config.json").read_text())
+    assert config["processors"]["caption"]["vocab_size"] < 20 and config["modalities"]["caption"]["vocab_size"] < 20
+    shipped = Tokenizer.from_file(str(run / "bundle" / "tokenizer" / "caption.json"))  # the pruned one ships
+    assert shipped.get_vocab_size() == config["processors"]["caption"]["vocab_size"]
+    d = tmp_path / "data"
+    row = json.loads((d / "metadata.jsonl").read_text().splitlines()[0])
+    code, out, err = cli(capsys, "predict", run / "bundle", "--input", f"img={d / row['img']}", "--text", row["caption"],
+                         "--json")
+    assert code == 0 and json.loads(out)["label"] in ("a", "b", "c"), err
+
+
+def test_text_tokenizer_teacher_without_a_pretrained_text_encoder_is_a_one_line_error(tmp_path, capsys):
+    r = recipe(tmp_path, folder(tmp_path), tiny_bert(tmp_path / "bert"))
+    text = r.read_text().replace("student: {name: fusion_tiny}", "student: {name: fusion_tiny, text_tokenizer: teacher}")
+    r.write_text(text.replace("  encoders: {{caption: {{pretrained:", "  x: ").split("  encoders:")[0] + "\n".join(
+        line for line in text.split("\n") if not line.startswith(("  encoders:", "  train:"))))
+    code, _, err = cli(capsys, "run", r, "--run-dir", tmp_path / "run", "-q")
+    assert code == 1 and "recipe.student.text_tokenizer: teacher needs a pretrained teacher text encoder" in err, err

@@ -81,6 +81,7 @@ class TeacherView:
     data: object
     params: dict  # modality -> processor parameters (text_params)
     replaced: dict | None = None  # input name -> (spec, per-row array): e.g. cached embeddings
+    suffix: str = TEACHER_SUFFIX  # "" for the student's own view (same input names, other tokenizer)
 
     def __post_init__(self):
         if self.params and not hasattr(self.data, "raw_text"):
@@ -92,7 +93,7 @@ class TeacherView:
         for m, spec in self.data.modalities.items():
             if m in self.params:
                 p = self.params[m]
-                name = m + TEACHER_SUFFIX
+                name = m + self.suffix
                 self._rows[name] = encode_texts(self.data.raw_text[m], p)
                 self.modalities[name] = ModalitySpec(name, "text", (int(p["max_length"]),), "int64", int(p["vocab_size"]))
                 self.preprocess[name] = {k: v for k, v in p.items() if k not in ("vocab_size", "source")}
@@ -128,6 +129,26 @@ class TeacherView:
         return h.hexdigest()[:16]
 
 
-def processed_modalities(view) -> list[str]:
-    """The modalities a teacher view reads through the teacher's own processors."""
-    return list(getattr(view, "params", {}) or {})
+def pruned_text_params(p: dict, texts: list[str]) -> dict:
+    """A tokenizer's parameters with its vocabulary cut to the tokens `texts` use ([PAD] = 0,
+    [UNK] = 1, then the seen ids in order): a 30k-row embedding table becomes a few thousand rows
+    on the device. Words of other splits that the kept pieces cannot spell become [UNK]."""
+    spec = json.loads(p["tokenizer_json"])
+    model = spec.get("model") or {}
+    if model.get("type") != "WordPiece":
+        raise RecipeError(f"recipe.student.text_tokenizer: teacher needs a WordPiece (BERT-style) tokenizer; the "
+                          f"teacher's is {model.get('type')}: use text_tokenizer: own")
+    seen = {i for enc in _core(p["tokenizer_json"], int(p["max_length"])).encode_batch(list(texts)) for i in enc.ids}
+    by_id = {i: t for t, i in model["vocab"].items()}
+    pad, unk = int(p["pad_id"]), model["vocab"][model.get("unk_token", "[UNK]")]
+    keep = [pad, unk] + sorted(seen - {pad, unk})
+    new = {old: i for i, old in enumerate(keep)}
+    model["vocab"] = {by_id[old]: i for old, i in new.items()}
+    for entry in (spec.get("post_processor") or {}).get("special_tokens", {}).values():
+        entry["ids"] = [new.get(i, 1) for i in entry["ids"]]
+    spec["added_tokens"] = [{**t, "id": new[t["id"]]} for t in spec.get("added_tokens") or [] if t["id"] in new]
+    spec["padding"] = None
+    pruned = json.dumps(spec)
+    _core(pruned, int(p["max_length"]))  # it must still load
+    return {"kind": "text", "max_length": int(p["max_length"]), "tokenizer_json": pruned, "pad_id": 0,
+            "vocab_size": len(keep), "source": "teacher tokenizer, vocabulary pruned to the train split"}

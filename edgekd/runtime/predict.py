@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekd.contract import TEACHER_SUFFIX
 from edgekd.errors import BundleError, UsageError
 from edgekd.runtime import preprocess as pp
 from edgekd.runtime.bundle import FIX, load_bundle
@@ -125,17 +126,21 @@ def _tokenizer(bundle, name: str, p: dict):
         raise BundleError(f"bundle file {rel} is not a tokenizer ({str(e).splitlines()[0][:120]}); {FIX}") from None
 
 
-def route(bundle_dir, by_kind: dict[str, str | None], named: list[str] | None = None) -> dict:
+def route(bundle_dir, by_kind: dict[str, str | None], named: list[str] | None = None, model: str | None = None) -> dict:
     """The keyword arguments of `predict` from command-line values: `by_kind` maps a modality kind
     (image, audio, text, vector) to a value for the bundle's one input of that kind; `named` holds
     NAME=VALUE items for any input. Vectors are comma-separated numbers."""
-    kinds = input_kinds(load_bundle(bundle_dir))
+    bundle = load_bundle(bundle_dir)
+    kinds = input_kinds(bundle)
+    teacher = bundle.models[bundle.resolve_key(model)].get("role") == "teacher"
     values: dict[str, str] = {}
     for kind, value in by_kind.items():
         if value is None:
             continue
         same = [n for n, k in kinds.items() if k == kind]
-        name = kind if kind in kinds else (same[0] if len(same) == 1 else None)
+        if len(same) > 1:  # a student input and the teacher's own (`<m>__teacher`): the chosen model's
+            same = [n for n in same if n.endswith(TEACHER_SUFFIX) == teacher] or same
+        name = same[0] if len(same) == 1 else (kind if kind in same else None)
         if name is None:
             raise UsageError(f"--{kind}: this bundle has {'no' if not same else 'several'} {kind} inputs "
                              f"({', '.join(f'{n}: {k}' for n, k in kinds.items())}); use --input NAME=VALUE")

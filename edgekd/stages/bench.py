@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 
 from edgekd.benchmark.bench import Extras, run_bench
-from edgekd.errors import DataError
+from edgekd.errors import DataError, RunDirError
 from edgekd.rundir import RunDir
 
 # the PyTorch eager models a run directory can bench: key -> (model role, note)
@@ -40,10 +40,13 @@ def _torch_model(run: RunDir, key: str):
 def _testset(run: RunDir, data_root):
     try:
         from edgekd.data import load_dataset
+        from edgekd.stages.common import student_data, teacher_data
 
-        test = load_dataset(run.recipe, data_root).split("test")
-        return test.inputs, test.labels, "the recipe's dataset (test split)"
-    except (DataError, ImportError) as e:
+        data = load_dataset(run.recipe, data_root)
+        test = student_data(run, data).split("test")  # each model on its own inputs, as the bundle's test set has them
+        inputs = {**teacher_data(run, data, embeddings=False).split("test").inputs, **test.inputs}
+        return inputs, test.labels, "the recipe's dataset (test split)"
+    except (DataError, RunDirError, ImportError) as e:
         return None, None, f"no test data: {e}"
 
 

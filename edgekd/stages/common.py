@@ -99,3 +99,15 @@ def val_accuracy(model, data, names: list[str]) -> float | None:
 
     val = data.split("val")
     return round(float((predict(model, val, names).argmax(1) == val.labels).mean()), 4)
+
+
+def student_data(run, data):
+    """The dataset as the run's student sees it: its text modalities through the tokenizer the
+    distill stage chose (student.text_tokenizer: teacher -- the teacher's, vocabulary pruned), as
+    recorded in the student's config.json; the dataset itself otherwise."""
+    import json
+
+    from edgekd.data.teacher_inputs import TeacherView
+
+    config = json.loads(run.artifact("distill", "config").read_text(encoding="utf-8"))
+    return TeacherView(data, config["processors"], suffix="") if config.get("processors") else data

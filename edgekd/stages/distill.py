@@ -2,11 +2,13 @@
 it (the baseline that `kd_gain` is measured against)."""
 from __future__ import annotations
 
+import json
 import time
 
 import torch
 
 from edgekd.data import load_dataset
+from edgekd.data.teacher_inputs import TeacherView, pruned_text_params
 from edgekd.distill.cache import TeacherTargets
 from edgekd.distill.evaluate import evaluate
 from edgekd.distill.losses import Projectors, loss_weights
@@ -28,6 +30,22 @@ def student_modalities(recipe, data) -> list[str]:
             hint = suggest(m, data.modalities) or f" (the data has {list(data.modalities)})"
             raise RecipeError(f"recipe.student.modalities: unknown modality '{m}'{hint}")
     return list(dict.fromkeys(wanted))
+
+
+def student_processors(run: RunDir, recipe, data, names: list[str]) -> dict:
+    """student.text_tokenizer: teacher -- each text modality through the teacher's own tokenizer,
+    its vocabulary pruned to the tokens of the train split."""
+    if recipe.student.text_tokenizer == "own":
+        return {}
+    teacher = json.loads(run.artifact("teacher", "config").read_text(encoding="utf-8")).get("processors") or {}
+    texts = [m for m in names if data.modalities[m].kind == "text"]
+    missing = [m for m in texts if m not in teacher]
+    if not texts or missing:
+        raise RecipeError(f"recipe.student.text_tokenizer: teacher needs a pretrained teacher text encoder with its "
+                          f"own tokenizer for {', '.join(missing) or 'a text modality'}: set teacher.encoders."
+                          f"{(missing or ['TEXT'])[0]}.pretrained, or use text_tokenizer: own")
+    train = data.split_rows("train")
+    return {m: pruned_text_params(teacher[m], [data.raw_text[m][i] for i in train]) for m in texts}
 
 
 def distill_seed(recipe) -> int:
@@ -57,7 +75,7 @@ def _fit_student(run, recipe, data, names, label, targets, resume, progress, kd:
     history = train(job, data, resume, progress)
     files = save_model(student, run.stage_dir("distill") / label, role="student", name=recipe.student.name,
                        options=options, modalities=specs, classes=data.classes,
-                       data_fingerprint=data.fingerprint())
+                       data_fingerprint=data.fingerprint(), processors=getattr(data, "params", None))
     if job.projectors is not None:  # QAD continues the same objective, feature terms included
         from safetensors.torch import save_file
 
@@ -76,6 +94,8 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         check_data(run, "teacher", data)
         teacher_names = list(teacher.names)
         names = student_modalities(r, data)
+        processors = student_processors(run, r, data, names)
+        sdata = TeacherView(data, processors, suffix="") if processors else data  # the student's own inputs
         started = run.begin("distill")
         fingerprint = f"{recipe_hash(r)}:{data.fingerprint()}:{sha256_file(teacher_w)}"
 
@@ -87,16 +107,16 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         targets.prepare(data.num_pairings)
         cache_seconds = round(time.time() - t0, 2)
 
-        student, history, files = _fit_student(run, r, data, names, "student", targets, resume, progress, kd=True,
+        student, history, files = _fit_student(run, r, sdata, names, "student", targets, resume, progress, kd=True,
                                                fingerprint=fingerprint)
-        test = data.split("test")
+        test = sdata.split("test")
         result = evaluate(student, test, names, data.classes)
         teacher_acc = run.stage("teacher")["metrics"]["accuracy"]
         metrics = {
             "accuracy": result["accuracy"],
-            "val_accuracy": val_accuracy(student, data, names),
+            "val_accuracy": val_accuracy(student, sdata, names),
             "params": count_params(student),
-            "flops": count_flops(student, example_batch(data, names)),
+            "flops": count_flops(student, example_batch(sdata, names)),
             "accuracy_without": result["accuracy_without"],
             "teacher_accuracy": teacher_acc,
             "teacher_params_ratio": round(count_params(teacher) / count_params(student), 2),
@@ -107,11 +127,11 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         outputs = {"weights": files["weights"], "config": files["config"], "projectors": files["projectors"]}
         report = {"student": {**result, "history": history}}
         if r.distill.baseline:
-            base, base_hist, base_files = _fit_student(run, r, data, names, "baseline", None, resume, progress,
+            base, base_hist, base_files = _fit_student(run, r, sdata, names, "baseline", None, resume, progress,
                                                        kd=False, fingerprint=fingerprint)
             base_result = evaluate(base, test, names, data.classes)
             metrics["baseline_accuracy"] = base_result["accuracy"]
-            metrics["baseline_val_accuracy"] = val_accuracy(base, data, names)
+            metrics["baseline_val_accuracy"] = val_accuracy(base, sdata, names)
             metrics["kd_gain"] = round(result["accuracy"] - base_result["accuracy"], 4)
             outputs.update({"baseline_weights": base_files["weights"], "baseline_config": base_files["config"]})
             report["baseline"] = {**base_result, "history": base_hist}

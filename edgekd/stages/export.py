@@ -29,7 +29,7 @@ from edgekd.models.student import inference_form
 from edgekd.rundir import RunDir
 from edgekd.runtime.bundle import write_bundle
 from edgekd.runtime.runner import OrtRunner
-from edgekd.stages.common import check_data, load_model, pct, teacher_data, threads
+from edgekd.stages.common import check_data, load_model, pct, student_data, teacher_data, threads
 from edgekd.trt.lint import check, format_report, lint_onnx
 
 # what each artifact is, for the bundle and the bench
@@ -170,7 +170,8 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         tview = teacher_data(run, data, embeddings=False) if teacher is not None else None
         started = run.begin("export")
         out = run.stage_dir("export")
-        test, names = data.split("test"), list(fp32.names)
+        sdata = student_data(run, data)  # the student's inputs (its text tokenizer)
+        test, names = sdata.split("test"), list(fp32.names)
         example = {n: torch.from_numpy(test.inputs[n][:2]) for n in names}
 
         models = {"student_fp32": fp32, "student_int8_qdq": quant}
@@ -181,12 +182,12 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
             files["teacher_fp32"], models["teacher_fp32"] = export_teacher(teacher, ttest, out), teacher
             tests["teacher_fp32"] = (ttest, teacher_data(run, data).split("test"))
         if e.cpu_int8:
-            files["student_int8_cpu"] = export_cpu_int8(quant, example, data.split("train", 0), names, r.seed, e, out)
+            files["student_int8_cpu"] = export_cpu_int8(quant, example, sdata.split("train", 0), names, r.seed, e, out)
             models["student_int8_cpu"], tests["student_int8_cpu"] = quant, (test, test)
         lint_files = lint(files, out)
         report, metrics = parity(files, models, tests, e, r.threads)
         parity_json = atomic_write_json(out / "parity.json", report)
-        splits = {"student": (test, data.preprocess)}
+        splits = {"student": (test, sdata.preprocess)}
         if teacher is not None:
             splits["teacher"] = (ttest, tview.preprocess)
         bundle(run, data, splits, files, metrics, config, fp32.embed_dim, {n for m in models.values() for n in m.names})

@@ -29,7 +29,7 @@ from edgekd.quant.int8 import (
 )
 from edgekd.recipe import recipe_hash
 from edgekd.rundir import RunDir
-from edgekd.stages.common import check_data, load_model, pct, teacher_data, threads
+from edgekd.stages.common import check_data, load_model, pct, student_data, teacher_data, threads
 
 
 def list_layers(run: RunDir) -> list[str]:
@@ -74,16 +74,17 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         student_w, student_c = run.artifact("distill", "weights"), run.artifact("distill", "config")
         data = load_dataset(r, data_root)
         check_data(run, "distill", data)
+        sdata = student_data(run, data)  # the student's inputs (its text tokenizer); `data` feeds the teacher
         fp32, config = load_model(run, "student")
         names = list(fp32.names)
-        test = data.split("test")
+        test = sdata.split("test")
         fp32_result = evaluate(fp32, test, names, data.classes)
         folded = fold_batchnorm(fp32)
         check_exclude(fp32, q)  # a recipe error before anything in the run directory changes
         started = run.begin("qat")
         out_dir = run.stage_dir("qat")
 
-        calib = calibration_batches(data.split("train", 0), names, q.batch_size, q.calib_batches, r.seed)
+        calib = calibration_batches(sdata.split("train", 0), names, q.batch_size, q.calib_batches, r.seed)
         t0 = time.time()
         ptq = quantize(fp32, q, calib)
         calib_seconds = round(time.time() - t0, 2)
@@ -109,7 +110,7 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
                 targets = targets or _teacher_targets(run, data)
                 job.targets = targets
                 job.projectors, job.loss = _qad_objective(run, r, model, targets)
-            histories[key] = train(job, data, resume, progress)
+            histories[key] = train(job, sdata, resume, progress)
             model.eval()
             results[key], models[key] = evaluate(model, test, names, data.classes), model
         main = next(iter(variants))
