@@ -111,6 +111,7 @@ def test_a_pretrained_text_encoder_teaches_through_every_stage(tmp_path, capsys,
     if train == "head":
         emb = teacher["embeddings"]["caption__teacher"]
         assert emb["rows"] == 36 and emb["samples_per_s"] > 0 and (run / emb["cache"] / "caption__teacher.npy").is_file()
+        assert emb["peak_gflops_per_s"] > 0 and emb["fraction_of_peak"] == pytest.approx(emb["gflops_per_s"] / emb["peak_gflops_per_s"], abs=0.002)
         # frozen: the saved teacher's BERT weights are the pretrained ones
         from safetensors.numpy import load_file
 

@@ -54,6 +54,17 @@ def train_mode(t, model) -> str:
     return t.train or ("head" if model.pretrained() else "all")
 
 
+def _embed(encoder, ids, pad_id: int, progress, label: str):
+    """embed_rows, with its achieved GFLOP/s set against the machine's float32 matmul peak measured
+    right after the pass, under the same load."""
+    from edgekd.benchmark.sysinfo import machine_peak_gflops
+
+    rows, stats = embed_rows(encoder, ids, pad_id, progress=progress, label=label)
+    peak = machine_peak_gflops()
+    return rows, {**stats, "peak_gflops_per_s": round(peak, 1),
+                  "fraction_of_peak": round(stats["gflops_per_s"] / peak, 3) if peak else None}
+
+
 def _frozen_embeddings(run: RunDir, model, view, progress) -> tuple[object, dict]:
     """teacher.train: head -- every row's embedding from each frozen pretrained text encoder, once,
     into cache/embeddings-<key>/; the returned view feeds those instead of token ids."""
@@ -67,8 +78,8 @@ def _frozen_embeddings(run: RunDir, model, view, progress) -> tuple[object, dict
         src = resolve_dir(source.pretrained, "recipe.teacher.encoders", source.sha256)
         key = sha256(f"{weights_sha256(src)}:{p['tokenizer_json']}:{p['max_length']}:{view.fingerprint()}".encode())
         cache = run.path / "cache" / f"embeddings-{key.hexdigest()[:16]}"
-        rows, st = cached_embeddings(cache, name, partial(embed_rows, enc, view.rows(name), int(p["pad_id"]),
-                                                          progress=progress, label=f"embedding {name}"))
+        rows, st = cached_embeddings(cache, name, partial(_embed, enc, view.rows(name), int(p["pad_id"]), progress,
+                                                          f"embedding {name}"))
         spec = ModalitySpec(name, "text", (rows.shape[1],), "float32")
         view = view.with_rows(name, spec, rows)
         stats[name] = {**st, "cache": str(cache.relative_to(run.path))}
