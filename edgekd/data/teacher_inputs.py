@@ -90,16 +90,18 @@ class TeacherView:
         self.name, self.classes, self.num_pairings = self.data.name, self.data.classes, self.data.num_pairings
         self._rows = {}
         self.modalities, self.preprocess = {}, {}
+        replaced = self.replaced or {}
         for m, spec in self.data.modalities.items():
             if m in self.params:
                 p = self.params[m]
                 name = m + self.suffix
-                self._rows[name] = encode_texts(self.data.raw_text[m], p)
+                if name not in replaced:  # with_rows() keeps every other input: no second tokenizer pass
+                    self._rows[name] = encode_texts(self.data.raw_text[m], p)
                 self.modalities[name] = ModalitySpec(name, "text", (int(p["max_length"]),), "int64", int(p["vocab_size"]))
                 self.preprocess[name] = {k: v for k, v in p.items() if k not in ("vocab_size", "source")}
             else:
                 self.modalities[m], self.preprocess[m] = spec, self.data.preprocess[m]
-        for name, (spec, rows) in (self.replaced or {}).items():
+        for name, (spec, rows) in replaced.items():
             self.modalities[name], self._rows[name] = spec, rows
 
     def has_split(self, name: str) -> bool:
@@ -118,8 +120,10 @@ class TeacherView:
         return self._rows[name]
 
     def with_rows(self, name: str, spec: ModalitySpec, rows: np.ndarray) -> TeacherView:
-        """The same view with input `name` replaced, e.g. by each row's cached embedding."""
-        return replace(self, replaced={**(self.replaced or {}), name: (spec, rows)})
+        """The same view with input `name` replaced, e.g. by each row's cached embedding; the other
+        inputs are carried over as they are."""
+        kept = {n: (self.modalities[n], r) for n, r in self._rows.items() if n != name}
+        return replace(self, replaced={**kept, name: (spec, rows)})
 
     def fingerprint(self) -> str:
         if not self.params:

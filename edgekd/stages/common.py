@@ -68,11 +68,11 @@ def pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def teacher_data(run, data, embeddings: bool = True):
+def teacher_data(run, data, embeddings: bool = True, view=None):
     """The dataset as the run's teacher sees it: its own processors' inputs (from the teacher's
     config.json) for the same rows, and -- with `embeddings` -- the frozen encoders' cached
     embeddings in place of their token ids where the teacher stage left them (same outputs, no
-    second pass through a large encoder)."""
+    second pass through a large encoder). `view`: an ids view already built for this run, reused."""
     import json
 
     import numpy as np
@@ -80,8 +80,9 @@ def teacher_data(run, data, embeddings: bool = True):
     from edgekd.data.base import ModalitySpec
     from edgekd.data.teacher_inputs import TeacherView
 
-    config = json.loads(run.artifact("teacher", "config").read_text(encoding="utf-8"))
-    view = TeacherView(data, config.get("processors") or {})
+    if view is None:
+        config = json.loads(run.artifact("teacher", "config").read_text(encoding="utf-8"))
+        view = TeacherView(data, config.get("processors") or {})
     for name, rel in ((run.stage("teacher") or {}).get("embeddings") or {}).items() if embeddings else ():
         path = run.path / rel / f"{name}.npy"
         if (run.path / rel / f"{name}.meta.json").is_file() and path.is_file():

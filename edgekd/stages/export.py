@@ -180,7 +180,7 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         if teacher is not None:
             ttest = tview.split("test")
             files["teacher_fp32"], models["teacher_fp32"] = export_teacher(teacher, ttest, out), teacher
-            tests["teacher_fp32"] = (ttest, teacher_data(run, data).split("test"))
+            tests["teacher_fp32"] = (ttest, teacher_data(run, data, view=tview).split("test"))
         if e.cpu_int8:
             files["student_int8_cpu"] = export_cpu_int8(quant, example, sdata.split("train", 0), names, r.seed, e, out)
             models["student_int8_cpu"], tests["student_int8_cpu"] = quant, (test, test)
