@@ -18,7 +18,7 @@ from edgekd.distill.losses import Projectors
 from edgekd.distill.trainer import Job, train
 from edgekd.recipe import load_recipe
 from edgekd.stages.distill import build_student
-from edgekd.stages.teacher import build_teacher
+from edgekd.stages.teacher import build_teacher, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def setup(tmp_path_factory):
     recipe = load_recipe(ROOT / "recipes" / "avdigits.yaml", ["distill.epochs=1"])
     torch.set_num_threads(1)
     data = load_dataset(recipe)
-    teacher = build_teacher(recipe, data)[0].eval()
+    teacher = build_teacher(recipe, data, plan(recipe, data))[0].eval()
     cache = TeacherTargets(teacher, list(data.modalities), data, tmp_path_factory.mktemp("cache"))
     cache.prepare(1)
     return recipe, data, teacher, cache, tmp_path_factory.mktemp("ck")

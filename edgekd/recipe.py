@@ -136,16 +136,25 @@ class TeacherConfig(Optim):
     checkpoint: str | None = Field(
         None, description="An existing teacher directory (model.safetensors + config.json); skips fitting."
     )
-    train: Literal["head", "all"] | None = Field(
+    pretrained: str | None = Field(
+        None, description="A whole pretrained Hugging Face model as the teacher (a directory or pkg:): a dual "
+        "encoder (CLIP-style get_image_features/get_text_features: its towers, fused by a trained head) or a "
+        "fine-tuned *For{Sequence,Image,Audio}Classification model used as is (its id2label matched to the labels).")
+    sha256: dict[str, str] | None = Field(None, description="teacher.pretrained: pinned sha256 of its files.")
+    train: Literal["head", "all", "none"] | None = Field(
         None, description="With pretrained encoders: `head` freezes them, computes their embeddings once into the "
         "run directory and fits the rest; `all` fine-tunes end to end (pretrained encoders at encoder_lr_scale x "
-        "lr). Default: head when any encoder is pretrained.")
+        "lr); `none`: a pretrained classifier used as is. Default: none for a classifier, else head when any "
+        "encoder is pretrained.")
     encoder_lr_scale: float = Field(0.1, gt=0, le=1, description="train: all -- the pretrained encoders' lr / lr.")
 
     @model_validator(mode="after")
     def _heads(self):
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        if self.pretrained and self.checkpoint:
+            raise ValueError("give teacher.pretrained (a Hugging Face model) or teacher.checkpoint (an edgekd "
+                             "teacher), not both")
         return self
 
 

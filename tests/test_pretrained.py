@@ -79,7 +79,8 @@ bench: {{batches: [1], backends: [onnxruntime-cpu], min_seconds: 0.05, max_secon
 
 def test_teacher_inputs_come_from_its_own_tokenizer(tmp_path):
     from edgekd.data.folder import load_folder
-    from edgekd.data.teacher_inputs import TeacherView, text_params
+    from edgekd.data.processors import text_params
+    from edgekd.data.teacher_inputs import TeacherView
     from edgekd.recipe import FolderData
 
     model = tiny_bert(tmp_path / "bert")
@@ -177,7 +178,7 @@ def test_minilm_embeddings_match_transformers_mean_pooling():
     from transformers import AutoModel, AutoTokenizer
 
     from edgekd.data.base import ModalitySpec
-    from edgekd.data.teacher_inputs import encode_texts, text_params
+    from edgekd.data.processors import encode_texts, text_params
     from edgekd.models.pretrained import resolve_dir
     from edgekd.models.teacher import HFEncoder
 
@@ -215,7 +216,7 @@ def test_frozen_encoder_weights_stay_out_of_checkpoints_and_resume_works(tmp_pat
 def test_the_student_can_read_text_through_the_teachers_pruned_vocabulary(tmp_path, capsys):
     from tokenizers import Tokenizer
 
-    from edgekd.data.teacher_inputs import encode_texts, pruned_text_params, text_params
+    from edgekd.data.processors import encode_texts, pruned_text_params, text_params
 
     model = tiny_bert(tmp_path / "bert")
     full = text_params(model, "here", 8)

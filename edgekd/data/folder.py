@@ -42,7 +42,8 @@ class FolderDataset:
 
     num_pairings = 1
 
-    def __init__(self, name, modalities, classes, preprocess, inputs, labels, ids, splits, fingerprint, raw_text=None):
+    def __init__(self, name, modalities, classes, preprocess, inputs, labels, ids, splits, fingerprint, raw_text=None,
+                 raw_files=None):
         self.name: str = name
         self.modalities: dict[str, ModalitySpec] = modalities
         self.classes: list[str] = classes
@@ -50,7 +51,9 @@ class FolderDataset:
         self._inputs, self._labels, self._ids = inputs, labels, ids
         self._splits: dict[str, np.ndarray] = splits
         self._fingerprint = fingerprint
-        self.raw_text: dict[str, list[str]] = raw_text or {}  # text columns as written: a teacher's own tokenizer reads these
+        # the columns as written, which a pretrained teacher's own processors read: texts, and image/audio files
+        self.raw_text: dict[str, list[str]] = raw_text or {}
+        self.raw_files: dict[str, list[Path]] = raw_files or {}
 
     def has_split(self, name: str) -> bool:
         return name in self._splits and len(self._splits[name]) > 0
@@ -97,11 +100,11 @@ def load_folder(cfg: FolderData, data_root: Path, seed: int) -> FolderDataset:
     train = splits["train"]
 
     root = folder.resolve()
-    modalities, preprocess, inputs, files, raw_text = {}, {}, {}, {}, {}
+    modalities, preprocess, inputs, files, raw_text, raw_files = {}, {}, {}, {}, {}, {}
     for col, kind in cfg.modalities.items():
         vocab = 0
         if kind in ("image", "audio"):
-            paths = [_file(folder, root, r, col, where) for r in rows]
+            paths = raw_files[col] = [_file(folder, root, r, col, where) for r in rows]
             files.update({str(f.relative_to(folder)): f for f in paths})
             x, p = (_images if kind == "image" else _audio)(paths, rows, col, cfg, train, where)
         elif kind == "vector":
@@ -122,7 +125,8 @@ def load_folder(cfg: FolderData, data_root: Path, seed: int) -> FolderDataset:
     for rel in sorted(files):
         h.update(rel.encode() + b"\0" + hashlib.sha256(files[rel].read_bytes()).digest())
     return FolderDataset(root.name, modalities, classes, preprocess, inputs, labels,
-                         [f"row{r.n}" for r in rows], splits, h.hexdigest()[:16], raw_text)
+                         [f"row{r.n}" for r in rows], splits, h.hexdigest()[:16], raw_text,
+                         raw_files)
 
 
 # --------------------------------------------------------------------------- metadata

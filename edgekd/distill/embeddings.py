@@ -5,7 +5,8 @@ and fitting the teacher's head costs what fitting a small MLP does.
 The cache is keyed by the encoder's weights, its processor's parameters and the data fingerprint,
 written file by file and `meta.json` last (a folder without it is incomplete and recomputed).
 Texts are embedded in batches of similar length, each cut to its longest real token run: the
-padding is masked in attention and pooling alike, so this only saves work.
+padding is masked in attention and pooling alike, so this only saves work. Images and audio come
+as their processor made them (pixel values, log-mel features, waveforms).
 """
 from __future__ import annotations
 
@@ -24,30 +25,53 @@ def _params_without_embeddings(module) -> int:
     return sum(p.numel() for p in module.parameters()) - emb
 
 
+def _flops(encoder, x: torch.Tensor) -> float:
+    """The forward FLOPs of one batch, counted by torch (convolutions, attention and all)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # with grad on: FlopCounterMode's module tracker fails on no-grad tensors (torch 2.13)
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+        encoder.embed(x)
+    return float(counter.get_total_flops())
+
+
 @torch.no_grad()
-def embed_rows(encoder, ids: np.ndarray, pad_id: int, batch_size: int = 64, progress=None, label: str = "embed"):
-    """(N, D) float32 embeddings of every row of token ids, and {seconds, samples_per_s, gflops_per_s}
-    (GFLOP/s estimated as 2 x non-embedding parameters x real tokens / seconds)."""
+def embed_rows(encoder, rows: np.ndarray, batch_size: int = 64, progress=None, label: str = "embed"):
+    """(N, D) float32 embeddings of every row (token ids, or the processor's pixel/audio arrays) and
+    {rows, seconds, samples_per_s, gflops_per_s}. Text: GFLOP/s estimated as 2 x non-embedding
+    parameters x real tokens / seconds; image/audio: the first batch's FLOPs as counted by torch,
+    scaled to all rows."""
     encoder.eval()
-    lengths = (ids != pad_id).sum(1)
-    order = np.argsort(-lengths, kind="stable")  # similar lengths share a batch
-    out = None
-    task = progress.add_task(label, total=len(ids)) if progress else None
+    text = rows.dtype.kind in "iu"
+    if text:
+        lengths = encoder.text_mask(torch.from_numpy(np.asarray(rows))).sum(1).numpy()
+        order = np.argsort(-lengths, kind="stable")  # similar lengths share a batch
+    else:
+        order = np.arange(len(rows))
+    out, flops = None, 0.0
+    task = progress.add_task(label, total=len(rows)) if progress else None
     t0 = time.perf_counter()
-    for i in range(0, len(ids), batch_size):
-        rows = order[i : i + batch_size]
-        width = max(1, int(lengths[rows].max()))
-        emb = encoder.embed(torch.from_numpy(np.ascontiguousarray(ids[rows, :width]))).float().numpy()
+    for i in range(0, len(rows), batch_size):
+        idx = np.sort(order[i : i + batch_size]) if not text else order[i : i + batch_size]
+        x = torch.from_numpy(np.ascontiguousarray(rows[idx]))
+        if text:
+            x = x[:, : max(1, int(lengths[idx].max()))]
+        elif out is None:  # counted outside the timed passes' sum below
+            counted = time.perf_counter()
+            flops = _flops(encoder, x) * len(rows) / len(idx)
+            t0 += time.perf_counter() - counted
+        emb = encoder.embed(x).float().numpy()
         if out is None:
-            out = np.zeros((len(ids), emb.shape[1]), dtype=np.float32)
-        out[rows] = emb
+            out = np.zeros((len(rows), emb.shape[1]), dtype=np.float32)
+        out[idx] = emb
         if progress:
-            progress.update(task, advance=len(rows))
+            progress.update(task, advance=len(idx))
     seconds = max(time.perf_counter() - t0, 1e-9)
     if progress:
         progress.remove_task(task)
-    flops = 2.0 * _params_without_embeddings(encoder.net) * float(lengths.sum())
-    return out, {"rows": int(len(ids)), "seconds": round(seconds, 2), "samples_per_s": round(len(ids) / seconds, 1),
+    if text:
+        flops = 2.0 * _params_without_embeddings(encoder.net) * float(lengths.sum())
+    return out, {"rows": int(len(rows)), "seconds": round(seconds, 2), "samples_per_s": round(len(rows) / seconds, 1),
                  "gflops_per_s": round(flops / seconds / 1e9, 1)}
 
 

@@ -8,7 +8,7 @@ from edgekd.models.registry import _REGISTRY, Entry, ModelOutput, register_model
 
 
 def _load_builtin():
-    from edgekd.models import student, teacher  # noqa: F401  (registration side effect)
+    from edgekd.models import hf_classifier, student, teacher  # noqa: F401  (registration side effect)
 
 
 def list_models(role: str | None = None) -> list[Entry]:

@@ -72,8 +72,27 @@ def _new_encoder(spec: ModalitySpec, hidden: int, layers: int, heads: int, audio
                                 **common), add_pooling_layer=False)
 
 
+# a dual encoder's towers: the method that gives one modality's embedding, and the submodules of it
+# (an encoder keeps its own tower and drops the others, so each modality's weights are stored once)
+TOWERS = {"text": ("get_text_features", ("text_model", "text_projection")),
+          "image": ("get_image_features", ("vision_model", "visual_projection")),
+          "audio": ("get_audio_features", ("audio_model", "audio_projection"))}
+
+
+def keep_tower(model, kind: str):
+    for other, (_, parts) in TOWERS.items():
+        for part in parts if other != kind else ():
+            if getattr(model, part, None) is not None:
+                setattr(model, part, None)
+    return model
+
+
 class HFEncoder(nn.Module):
-    """Wraps a transformers encoder: input tensor -> (tokens (B, L, H), padding mask (B, L) or None)."""
+    """Wraps a transformers encoder: input tensor -> (tokens (B, L, H), padding mask (B, L) or None).
+
+    A pretrained encoder gives one embedding per sample (B, 1, H) -- what the frozen-encoder cache
+    stores and what a cached embedding in place of the raw input stands for. Its inputs are either
+    its own processor's (`native`: pixel_values, input_features, ...) or edgekd's (older teachers)."""
 
     def __init__(self, spec: ModalitySpec, hidden: int, layers: int, heads: int, audio_encoder: str = "whisper",
                  source: dict | None = None, image_patch: int = 7, dropout: float = 0.1, image_encoder: str = "vit"):
@@ -84,25 +103,39 @@ class HFEncoder(nn.Module):
         source = source or {}
         # `auto`: the encoder came from a user's model directory and keeps its own head layout
         self.auto = bool(source.get("pretrained") or source.get("auto"))
-        # a pretrained text encoder gives one sentence embedding (mean of its token states, as
-        # sentence-transformers pools), which is also what the frozen-encoder cache stores
-        self.pooled = spec.kind == "text" and bool(source.get("pooled", bool(source.get("pretrained"))))
+        self.tower = source.get("tower")  # a dual encoder's tower (CLIP-style get_<kind>_features)
+        self.native = bool(source.get("native"))  # inputs from the model's own processor
+        # text: mean of the token states, as sentence-transformers pools; image/audio: the model's own pooling
+        self.pooled = bool(source.get("pooled", self.tower or (self.auto and (spec.kind == "text" or self.native))))
         self.pad_id = int(source.get("pad_id", 0))
+        self.pad_is_eos = bool(source.get("pad_is_eos"))
+        self.input_shape = tuple(spec.shape)
         if source.get("hf_config"):  # rebuilding a saved teacher
             self.net = _from_config(AutoConfig.for_model(**source["hf_config"]), self.auto)
         elif source.get("pretrained"):
             self.net = _load_pretrained(source, modality_of(spec.name))
         else:
             self.net = _new_encoder(spec, hidden, layers, heads, audio_encoder, image_patch, dropout, image_encoder)
+        if self.tower:
+            keep_tower(self.net, self.tower)
         cfg = self.net.config
         self.model_type = cfg.model_type
-        if spec.kind == "audio" and getattr(cfg, "num_mel_bins", spec.shape[1]) != spec.shape[1]:
+        if spec.kind == "audio" and not self.native and getattr(cfg, "num_mel_bins", spec.shape[1]) != spec.shape[1]:
             raise CheckpointError(f"audio encoder expects {cfg.num_mel_bins} mel bins but the data has "
                                   f"{spec.shape[1]}; set data.audio.n_mels: {cfg.num_mel_bins}")
-        out = getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", None) or cfg.hidden_sizes[-1]
-        self.proj = nn.Identity() if out == hidden else nn.Linear(out, hidden)
+        self.proj = nn.Identity() if self.out_dim() == hidden else nn.Linear(self.out_dim(), hidden)
+
+    def out_dim(self) -> int:
+        cfg = self.net.config
+        if self.tower:
+            sub = getattr(cfg, f"{'vision' if self.tower == 'image' else self.tower}_config", None)
+            return getattr(cfg, "projection_dim", None) or sub.hidden_size
+        return getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model", None) or cfg.hidden_sizes[-1]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.pooled:  # (B, 1, H): a cached embedding (B, D) in place of the input, or the input to embed
+            cached = x.is_floating_point() and (self.kind == "text" or tuple(x.shape[1:]) != self.input_shape)
+            return self.proj(x if cached else self.embed(x))[:, None], None
         cfg = self.net.config
         if self.kind == "image":
             if getattr(cfg, "num_channels", 1) != x.shape[1]:
@@ -119,21 +152,34 @@ class HFEncoder(nn.Module):
             if self.model_type == "whisper":
                 return self.proj(self.net(input_features=x.transpose(1, 2)).last_hidden_state), None
             return self.proj(self.net(input_values=x).last_hidden_state), None
-        if self.pooled:  # (B, 1, H): a cached sentence embedding (B, D) floats, or token ids to embed
-            return self.proj(x if x.is_floating_point() else self.embed(x))[:, None], None
         pad = x == self.pad_id  # token id 0 is [PAD] in edgekd's own vocabularies
         tokens = self.net(input_ids=x, attention_mask=(~pad).long()).last_hidden_state
         return self.proj(tokens), pad
 
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, D) mean of the encoder's token states over the non-padding tokens."""
-        keep = ids != self.pad_id
-        if not torch.onnx.is_in_onnx_export() and keep.any():  # ids are right-padded: cut to the longest text
-            width = int(keep.sum(1).max())  # (the graph an export traces keeps the full width)
-            ids, keep = ids[:, :width], keep[:, :width]
-        tokens = self.net(input_ids=ids, attention_mask=keep.long()).last_hidden_state
-        w = keep.to(tokens.dtype)[..., None]
-        return (tokens * w).sum(1) / w.sum(1).clamp(min=1.0)
+    def text_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """Which token ids are real. Where the pad token is also end-of-text (CLIP), the first one is."""
+        pad = (ids == self.pad_id).long()
+        return (pad.cumsum(1) - pad) == 0 if self.pad_is_eos else pad == 0
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D): one embedding per sample, pooled as the pretrained model pools."""
+        if self.kind == "text":
+            keep = self.text_mask(x)
+            if not torch.onnx.is_in_onnx_export() and keep.any():  # ids are right-padded: cut to the longest text
+                width = int(keep.sum(1).max())  # (the graph an export traces keeps the full width)
+                x, keep = x[:, :width], keep[:, :width]
+        if self.tower:
+            get = getattr(self.net, TOWERS[self.tower][0])
+            out = get(input_ids=x, attention_mask=keep.long()) if self.kind == "text" else get(x)
+            return out if isinstance(out, torch.Tensor) else out.pooler_output  # transformers 5 returns an output
+        if self.kind == "text":
+            tokens = self.net(input_ids=x, attention_mask=keep.long()).last_hidden_state
+            w = keep.to(tokens.dtype)[..., None]
+            return (tokens * w).sum(1) / w.sum(1).clamp(min=1.0)
+        out = self.net(x)
+        if self.model_type == "convnext":  # its own pooled, layer-normed feature
+            return out.pooler_output
+        return _pool(out.last_hidden_state, None, self.model_type)
 
 
 class VectorEncoder(nn.Module):
@@ -191,7 +237,8 @@ class MultimodalTeacher(nn.Module):
 
     def encoder_sources(self) -> dict:
         """What rebuilds each transformers encoder offline (stored in the teacher's config.json)."""
-        return {n: {"hf_config": e.net.config.to_dict(), "auto": e.auto, "pooled": e.pooled, "pad_id": e.pad_id}
+        return {n: {"hf_config": e.net.config.to_dict(), "auto": e.auto, "pooled": e.pooled, "pad_id": e.pad_id,
+                    **{k: v for k, v in (("tower", e.tower), ("native", e.native), ("pad_is_eos", e.pad_is_eos)) if v}}
                 for n, e in self.encoders.items() if isinstance(e, HFEncoder)}
 
     def pretrained(self) -> list[str]:
@@ -215,7 +262,8 @@ class MultimodalTeacher(nn.Module):
         pooled, all_tokens, all_pads = {}, [], []
         for i, name in enumerate(self.names):
             tokens, pad = self.encoders[name](inputs[name])  # (B, L, H), (B, L) or None
-            pooled[name] = _pool(tokens, pad, getattr(self.encoders[name], "model_type", "mlp"))
+            enc = self.encoders[name]  # a pooled encoder's one token is its embedding already
+            pooled[name] = _pool(tokens, pad, "mlp" if getattr(enc, "pooled", True) else enc.model_type)
             if pad is None:
                 pad = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
             if keep is not None:

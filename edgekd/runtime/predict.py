@@ -89,6 +89,10 @@ def _prepare(bundle, name: str, kind: str, value) -> np.ndarray:
     p = bundle.preprocess.get(name)
     if not isinstance(p, dict):
         raise BundleError(f"bundle preprocess.json has no parameters for input '{name}'; {FIX}")
+    if p.get("processor_class"):  # a pretrained teacher's own image processor / feature extractor
+        raise UsageError(f"input '{name}' is made by the teacher's own {p['processor_class']} (transformers), which a "
+                         "torch-free device install does not run; predict with a student model (--model "
+                         "student_int8_cpu), or compare the teacher through `edgekd bench` on the bundle's test set")
     path = None
     if kind in ("image", "audio"):
         if not isinstance(value, (str, os.PathLike)):

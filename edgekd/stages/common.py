@@ -88,7 +88,8 @@ def teacher_data(run, data, embeddings: bool = True, view=None):
         if (run.path / rel / f"{name}.meta.json").is_file() and path.is_file():
             rows = np.load(path, mmap_mode="r", allow_pickle=False)
             if rows.shape[0] == len(view.rows(name)):
-                view = view.with_rows(name, ModalitySpec(name, "text", (rows.shape[1],), "float32"), rows)
+                kind = view.modalities[name].kind
+                view = view.with_rows(name, ModalitySpec(name, kind, (rows.shape[1],), "float32"), rows)
     return view
 
 

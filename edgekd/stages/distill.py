@@ -8,7 +8,8 @@ import time
 import torch
 
 from edgekd.data import load_dataset
-from edgekd.data.teacher_inputs import TeacherView, pruned_text_params
+from edgekd.data.processors import pruned_text_params
+from edgekd.data.teacher_inputs import TeacherView
 from edgekd.distill.cache import TeacherTargets
 from edgekd.distill.evaluate import evaluate
 from edgekd.distill.losses import Projectors, loss_weights

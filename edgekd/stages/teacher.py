@@ -1,25 +1,30 @@
 """The teacher stage: fit the multimodal teacher on the train split, or adopt an existing one."""
 from __future__ import annotations
 
-from dataclasses import asdict
+import json
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from hashlib import sha256
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from edgekd.contract import modality_of
+from edgekd.contract import TEACHER_SUFFIX, modality_of
 from edgekd.data import load_dataset
 from edgekd.data.base import ModalitySpec
-from edgekd.data.teacher_inputs import TeacherView, text_params
+from edgekd.data.processors import processor_params
+from edgekd.data.teacher_inputs import TeacherView
 from edgekd.distill.embeddings import cached_embeddings, embed_rows
 from edgekd.distill.evaluate import evaluate
 from edgekd.distill.trainer import Job, train
 from edgekd.errors import CheckpointError, RecipeError
 from edgekd.files import atomic_copy, atomic_write_json
 from edgekd.models import count_flops, count_params, create_model
+from edgekd.models.hf_classifier import classifier_kind, match_labels
 from edgekd.models.io import CONFIG, WEIGHTS, load_model_dir, save_model
 from edgekd.models.pretrained import resolve_dir, weights_sha256
+from edgekd.models.teacher import TOWERS
 from edgekd.plots import confusion_png
 from edgekd.recipe import recipe_hash
 from edgekd.rundir import RunDir
@@ -27,60 +32,153 @@ from edgekd.schema import suggest
 from edgekd.stages.common import example_batch, pct, threads, val_accuracy
 
 
-def build_teacher(recipe, data):
-    """A fresh teacher as the recipe describes it (initial weights follow the recipe's seed)."""
+@dataclass
+class Plan:
+    """What the recipe's teacher is: its registered model, each modality's encoder source and each
+    pretrained modality's processor parameters (its own input path)."""
+
+    name: str
+    sources: dict = field(default_factory=dict)  # modality -> HFEncoder source
+    processors: dict = field(default_factory=dict)  # modality -> edgekd.data.processors parameters
+    options: dict = field(default_factory=dict)  # extra constructor options (a classifier's columns)
+
+
+def plan(recipe, data) -> Plan:
+    """Resolve teacher.pretrained / teacher.encoders against the data: loads configs and processors
+    (not weights), so a wrong directory fails before anything is written."""
     t = recipe.teacher
-    options = {"hidden": t.hidden, "layers": t.layers, "heads": t.heads, "fusion": t.fusion,
-               "audio_encoder": t.audio_encoder, "image_patch": t.image_patch, "dropout": t.dropout,
-               "image_encoder": t.image_encoder}
-    torch.manual_seed(recipe.seed)
-    encoders = {n: t.encoders[modality_of(n)].model_dump() for n in data.modalities if modality_of(n) in t.encoders}
-    model = create_model(t.name, "teacher", modalities=data.modalities, num_classes=len(data.classes),
-                         encoders=encoders, **options)
-    return model, options
-
-
-def processors(recipe, data) -> dict:
-    """modality -> the parameters of its pretrained encoder's own processor (text: its tokenizer)."""
-    out = {}
-    for m, source in recipe.teacher.encoders.items():
-        if source.pretrained and data.modalities[m].kind == "text":
-            where = f"recipe.teacher.encoders.{m}.pretrained"
-            out[m] = text_params(resolve_dir(source.pretrained, where, source.sha256), where, source.max_length)
+    seconds = float(getattr(getattr(recipe.data, "audio", None), "seconds", 1.0))
+    out = Plan(t.name, {m: s.model_dump() for m, s in t.encoders.items() if m in data.modalities})
+    if t.pretrained:
+        _whole_model(t, data, out)
+    for m, source in out.sources.items():
+        if not source.get("pretrained"):
+            continue
+        kind, where = data.modalities[m].kind, f"recipe.teacher.{'pretrained' if t.pretrained else f'encoders.{m}.pretrained'}"
+        p = processor_params(kind, resolve_dir(source["pretrained"], where, source.get("sha256")), where,
+                             source.get("max_length"), seconds)
+        out.processors[m] = p
+        source.update({"pad_id": p["pad_id"], "pad_is_eos": p.get("pad_is_eos", False)} if kind == "text"
+                      else {"native": True})
     return out
 
 
+def _whole_model(t, data, out: Plan) -> None:
+    """teacher.pretrained: a fine-tuned classifier used as is, or a dual encoder's towers."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    where = "recipe.teacher.pretrained"
+    path = resolve_dir(t.pretrained, where, t.sha256)
+    try:
+        config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{where}: cannot read {path / 'config.json'} ({str(e).splitlines()[0][:160]})") from None
+    source = {"pretrained": t.pretrained, "sha256": t.sha256}
+    found = classifier_kind(config)
+    if found:
+        kind, auto = found
+        mine = [m for m, s in data.modalities.items() if s.kind == kind]
+        if len(mine) != 1:
+            raise RecipeError(f"{where}: {path.name} classifies {kind} inputs and the data has {len(mine)} {kind} "
+                              f"modalities; a classifier teacher needs exactly one")
+        out.name, out.sources = "hf_classifier", {mine[0]: {**source, "auto_class": auto}}
+        out.options = {"columns": match_labels(config.id2label, data.classes, where)}
+        return
+    with torch.device("meta"):  # which towers it has, without allocating its weights
+        model = AutoModel.from_config(config)
+    for m, spec in data.modalities.items():
+        method, parts = TOWERS.get(spec.kind, ("", ()))
+        if hasattr(model, method) and any(getattr(model, x, None) is not None for x in parts):
+            if m in out.sources:
+                raise RecipeError(f"recipe.teacher: '{m}' has both teacher.pretrained's {spec.kind} tower and "
+                                  f"teacher.encoders.{m}; drop one")
+            out.sources[m] = {**source, "tower": spec.kind}
+    if not any("tower" in s for s in out.sources.values()):
+        raise CheckpointError(f"{where}: {path.name} ({config.model_type}, {', '.join(config.architectures or [])}) is "
+                              "neither a dual encoder with a tower for the data's modalities (get_image_features, "
+                              "get_text_features, get_audio_features) nor a *For{Sequence,Image,Audio}Classification "
+                              "model; give a single encoder as teacher.encoders.<modality>.pretrained instead")
+
+
+def build_teacher(recipe, data, how: Plan):
+    """A fresh teacher as the plan describes it (initial weights follow the recipe's seed)."""
+    t = recipe.teacher
+    torch.manual_seed(recipe.seed)
+    encoders = {n: how.sources[modality_of(n)] for n in data.modalities if modality_of(n) in how.sources}
+    if how.name == "hf_classifier":
+        options = dict(how.options)
+    else:
+        options = {"hidden": t.hidden, "layers": t.layers, "heads": t.heads, "fusion": t.fusion,
+                   "audio_encoder": t.audio_encoder, "image_patch": t.image_patch, "dropout": t.dropout,
+                   "image_encoder": t.image_encoder}
+    model = create_model(how.name, "teacher", modalities=data.modalities, num_classes=len(data.classes),
+                         encoders=encoders, **options)
+    _check_fit(model, data)
+    return model, options
+
+
+def _check_fit(model, view) -> None:
+    """One batch through the model: a processor that disagrees with its model (image size, mel bins,
+    token ids beyond the embedding table) fails here, in one line, before anything is written."""
+    names = [n for n in model.names if n.endswith(TEACHER_SUFFIX) or n in model.pretrained()]
+    if not names:
+        return
+    split = view.split("train")
+    rows = {0, 1 % len(split.labels)}
+    for n in names:  # the row with the largest token id, where an embedding table may be too short
+        if split.inputs[n].dtype.kind in "iu":
+            rows.add(int(split.inputs[n].max(axis=1).argmax()))
+    batch = {n: torch.from_numpy(np.ascontiguousarray(split.inputs[n][sorted(rows)])) for n in model.names}
+    try:
+        with torch.no_grad():
+            model.eval()(batch)
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        shapes = ", ".join(f"{n} {tuple(batch[n].shape[1:])}" for n in names)
+        raise CheckpointError(f"recipe.teacher: the pretrained model rejects its processor's inputs ({shapes}: "
+                              f"{str(e).strip().splitlines()[0][:160]}); save the model's own processor beside it "
+                              "(AutoProcessor.from_pretrained(...).save_pretrained(DIR))") from None
+
+
 def train_mode(t, model) -> str:
+    if getattr(model, "columns", None) is not None:  # a classifier teacher: used as is unless fine-tuned
+        if t.train == "head":
+            raise RecipeError("recipe.teacher.train: head -- a classifier teacher has no separate head to fit; "
+                              "use none (as is) or all (fine-tune it)")
+        return t.train or "none"
+    if t.train == "none":
+        raise RecipeError("recipe.teacher.train: none needs teacher.pretrained to be a fine-tuned classifier; an "
+                          "encoder teacher's fusion head must be fitted: use head or all")
     return t.train or ("head" if model.pretrained() else "all")
 
 
-def _embed(encoder, ids, pad_id: int, progress, label: str):
+def _embed(encoder, rows, progress, label: str):
     """embed_rows, with its achieved GFLOP/s set against the machine's float32 matmul peak measured
     right after the pass, under the same load."""
     from edgekd.benchmark.sysinfo import machine_peak_gflops
 
-    rows, stats = embed_rows(encoder, ids, pad_id, progress=progress, label=label)
+    rows, stats = embed_rows(encoder, rows, progress=progress, label=label)
     peak = machine_peak_gflops()
     return rows, {**stats, "peak_gflops_per_s": round(peak, 1),
                   "fraction_of_peak": round(stats["gflops_per_s"] / peak, 3) if peak else None}
 
 
-def _frozen_embeddings(run: RunDir, model, view, progress) -> tuple[object, dict]:
-    """teacher.train: head -- every row's embedding from each frozen pretrained text encoder, once,
-    into cache/embeddings-<key>/; the returned view feeds those instead of token ids."""
+def _frozen_embeddings(run: RunDir, model, view, sources: dict, progress) -> tuple[object, dict]:
+    """teacher.train: head -- every row's embedding from each frozen pretrained encoder, once, into
+    cache/embeddings-<key>/; the returned view feeds those instead of the encoders' inputs."""
     stats = {}
     for name in model.pretrained():
         enc = model.encoders[name]
         if not enc.pooled:
             continue
         p = view.params[modality_of(name)]
-        source = run.recipe.teacher.encoders[modality_of(name)]
-        src = resolve_dir(source.pretrained, "recipe.teacher.encoders", source.sha256)
-        key = sha256(f"{weights_sha256(src)}:{p['tokenizer_json']}:{p['max_length']}:{view.fingerprint()}".encode())
+        source = sources[modality_of(name)]
+        src = resolve_dir(source["pretrained"], "recipe.teacher", source.get("sha256"))
+        what = json.dumps({k: v for k, v in p.items() if k != "source"}, sort_keys=True)
+        key = sha256(f"{weights_sha256(src)}:{source.get('tower')}:{what}:{view.fingerprint()}".encode())
         cache = run.path / "cache" / f"embeddings-{key.hexdigest()[:16]}"
-        rows, st = cached_embeddings(cache, name, partial(_embed, enc, view.rows(name), int(p["pad_id"]), progress,
-                                                          f"embedding {name}"))
-        spec = ModalitySpec(name, "text", (rows.shape[1],), "float32")
+        rows, st = cached_embeddings(cache, name, partial(_embed, enc, view.rows(name), progress, f"embedding {name}"))
+        spec = ModalitySpec(name, enc.kind, (rows.shape[1],), "float32")
         view = view.with_rows(name, spec, rows)
         stats[name] = {**st, "cache": str(cache.relative_to(run.path))}
     return view, stats
@@ -110,14 +208,15 @@ def _copy_teacher(src: Path, out_dir: Path) -> None:
         atomic_copy(src / name, out_dir / name)
 
 
-def check_encoders(recipe, data) -> None:
+def check_encoders(recipe, data, how: Plan | None = None) -> None:
     for name in recipe.teacher.encoders:
         if name not in data.modalities or data.modalities[name].kind == "vector":
             options = [n for n, s in data.modalities.items() if s.kind != "vector"]
             raise RecipeError(f"recipe.teacher.encoders: '{name}' is not an image/audio/text modality of the data"
                               f"{suggest(name, options) or f' (choose from {options})'}")
-    for s in data.modalities.values():
-        if s.kind == "image" and s.shape[1] % recipe.teacher.image_patch:
+    own = {m for m, src in (how.sources if how else {}).items() if src.get("pretrained")}
+    for m, s in data.modalities.items():
+        if s.kind == "image" and m not in own and s.shape[1] % recipe.teacher.image_patch:
             divisors = [d for d in range(2, s.shape[1] + 1) if s.shape[1] % d == 0]
             raise RecipeError(f"recipe.teacher.image_patch: {recipe.teacher.image_patch} does not divide the image size "
                               f"{s.shape[1]}; choose one of {divisors}")
@@ -127,13 +226,15 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
     r = run.recipe
     with threads(r.threads):
         data = load_dataset(r, data_root)
-        check_encoders(r, data)
         adopted = _check_adoptable(run, data) if r.teacher.checkpoint else None  # before anything changes
-        # the teacher's own input path (its processors' view of the same rows); the tokenizer and the
+        # the teacher's own input path (its processors' view of the same rows); the processors and the
         # pretrained encoders load here, so their errors come before anything is written
-        view = adopted[2] if adopted else TeacherView(data, processors(r, data))
-        fresh = None if adopted else build_teacher(r, view)
-        names = list(view.modalities)
+        how = None if adopted else plan(r, data)
+        check_encoders(r, data, how)
+        view = adopted[2] if adopted else TeacherView(data, how.processors)
+        fresh = None if adopted else build_teacher(r, view, how)
+        names = list((adopted[1] if adopted else fresh[0]).names)
+        mode = None if adopted else train_mode(r.teacher, fresh[0])
         started = run.begin("teacher")
         out_dir = run.stage_dir("teacher")
         inputs, extra, fast = {}, {}, view
@@ -145,16 +246,17 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         else:
             t = r.teacher
             model, options = fresh
-            extra["train"] = mode = train_mode(t, model)
-            if mode == "head":
+            extra["train"] = mode
+            if mode in ("head", "none"):
                 model.freeze(model.pretrained())
-                fast, extra["embeddings"] = _frozen_embeddings(run, model, view, progress)
+            if mode == "head":
+                fast, extra["embeddings"] = _frozen_embeddings(run, model, view, how.sources, progress)
             else:
                 model.encoder_lr_scale = t.encoder_lr_scale
             job = Job(model, names, t, r.seed, out_dir / "checkpoint.pt", "teacher",
                       fingerprint=f"{recipe_hash(r)}:{view.fingerprint()}")
-            history = train(job, fast, resume, progress)
-            files = save_model(model, out_dir, role="teacher", name=t.name, options=options,
+            history = [] if mode == "none" else train(job, fast, resume, progress)
+            files = save_model(model, out_dir, role="teacher", name=how.name, options=options,
                                modalities=view.modalities, classes=data.classes,
                                data_fingerprint=data.fingerprint(), processors=view.params)
         result = evaluate(model, fast.split("test"), names, data.classes)

@@ -1,0 +1,278 @@
+"""Pretrained teachers that bring their own processors: image processors (ViT, ConvNeXt), feature
+extractors (Whisper, AST, wav2vec2), a CLIP dual encoder and fine-tuned classifiers -- tiny
+random-weight models saved with save_pretrained here, loaded offline."""
+import json
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import cli
+from PIL import Image
+
+WORDS = ["red", "green", "blue", "cat", "dog", "cow", "car", "bus", "tree", "sun", "moon", "star"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """RGBA icons, 1 s wavs and captions in 3 classes (each modality carries the class)."""
+    d = tmp_path_factory.mktemp("mm")
+    (d / "img").mkdir()
+    (d / "wav").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(30):
+        c = i % 3
+        px = np.zeros((20, 24, 4), np.uint8)
+        px[..., c] = 200
+        px[..., 3] = (rng.random((20, 24)) > 0.5) * 255  # transparent pixels: composited on white
+        Image.fromarray(px, "RGBA").save(d / "img" / f"{i}.png")
+        t = np.arange(8000) / 8000
+        samples = (0.3 * np.sin(2 * np.pi * 300 * (c + 1) * t) + 0.01 * rng.standard_normal(8000)) * 32767
+        with wave.open(str(d / "wav" / f"{i}.wav"), "wb") as w:
+            w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
+            w.writeframes(samples.astype("<i2").tobytes())
+        rows.append({"label": "abc"[c], "img": f"img/{i}.png", "wav": f"wav/{i}.wav",
+                     "caption": f"{WORDS[3 + c]} {WORDS[8 + i % 4]}", "split": "test" if i >= 21 else "train"})
+    (d / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    return d
+
+
+def _tokenizer(path: Path, max_length: int = 16):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    core = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    core.normalizer, core.pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    core.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    BertTokenizerFast(tokenizer_object=core, model_max_length=max_length, pad_token="[PAD]", unk_token="[UNK]",
+                      cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]").save_pretrained(str(path))
+    return len(vocab)
+
+
+def save(kind: str, path: Path, **kw) -> Path:
+    """A tiny random-weight model of `kind` with its processor, as save_pretrained leaves them."""
+    import torch
+    import transformers as t
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    torch.manual_seed(0)
+    small = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    if kind == "vit":
+        t.ViTModel(t.ViTConfig(image_size=16, patch_size=8, num_channels=3, **small)).save_pretrained(path)
+        t.ViTImageProcessor(size={"height": kw.get("size", 16), "width": kw.get("size", 16)}).save_pretrained(path)
+    elif kind == "convnext":
+        t.ConvNextModel(t.ConvNextConfig(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2,
+                                         patch_size=4)).save_pretrained(path)
+        t.ConvNextImageProcessor(size={"shortest_edge": 24}, crop_pct=0.875).save_pretrained(path)
+    elif kind == "whisper":
+        t.WhisperModel(t.WhisperConfig(num_mel_bins=16, d_model=16, encoder_layers=1, encoder_attention_heads=2,
+                                       decoder_layers=1, decoder_attention_heads=2, encoder_ffn_dim=32,
+                                       decoder_ffn_dim=32, max_source_positions=50, max_target_positions=16,
+                                       vocab_size=64, pad_token_id=1, bos_token_id=2, eos_token_id=3,
+                                       decoder_start_token_id=2)).save_pretrained(path)
+        t.WhisperFeatureExtractor(feature_size=16, chunk_length=1).save_pretrained(path)
+    elif kind == "ast":
+        t.ASTModel(t.ASTConfig(num_mel_bins=16, max_length=48, patch_size=16, frequency_stride=8, time_stride=8,
+                               **small)).save_pretrained(path)
+        t.ASTFeatureExtractor(num_mel_bins=16, max_length=48).save_pretrained(path)
+    elif kind == "wav2vec2":
+        t.Wav2Vec2Model(t.Wav2Vec2Config(conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8),
+                                         num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=8,
+                                         **small)).save_pretrained(path)
+        t.Wav2Vec2FeatureExtractor(sampling_rate=16000).save_pretrained(path)
+    elif kind == "clip":
+        n = _tokenizer(path)
+        text = dict(vocab_size=n, max_position_embeddings=16, hidden_size=16, num_hidden_layers=1,
+                    num_attention_heads=2, intermediate_size=32, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+        vision = dict(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=32)
+        t.CLIPModel(t.CLIPConfig(text_config=text, vision_config=vision, projection_dim=12)).save_pretrained(path)
+        t.CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(path)
+    elif kind == "text-classifier":
+        n = _tokenizer(path)
+        labels = kw.get("labels", ["A", "B", "C", "other"])
+        t.BertForSequenceClassification(t.BertConfig(vocab_size=n, max_position_embeddings=32, **small,
+                                                     id2label=dict(enumerate(labels)),
+                                                     label2id={x: i for i, x in enumerate(labels)})).save_pretrained(path)
+    elif kind == "image-classifier":
+        labels = ["c", "b", "a"]
+        t.ViTForImageClassification(t.ViTConfig(image_size=16, patch_size=8, num_channels=3, **small,
+                                                id2label=dict(enumerate(labels)),
+                                                label2id={x: i for i, x in enumerate(labels)})).save_pretrained(path)
+        t.ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(path)
+    logging.set_verbosity_warning()
+    return path
+
+
+def recipe(tmp_path: Path, data: Path, teacher: str, mods: str = "{img: image, caption: text}", train: str = "") -> Path:
+    path = tmp_path / "r.yaml"
+    path.write_text(f"""
+name: proc
+data: {{name: folder, path: {data}, modalities: {mods}, image_size: 8, text_max_length: 6,
+        audio: {{n_mels: 16, seconds: 1.0}}}}
+teacher: {{hidden: 16, layers: 1, heads: 2, epochs: 2, batch_size: 8, lr: 0.01, fusion: concat, image_patch: 4,
+           {teacher}{f', train: {train}' if train else ''}}}
+student: {{name: fusion_tiny}}
+distill: {{epochs: 1, batch_size: 8, baseline: false}}
+qat: {{epochs: 1, batch_size: 8, calib_batches: 1, compare: false}}
+export: {{cpu_int8_min_agreement: 0.0}}
+bench: {{batches: [1], backends: [onnxruntime-cpu], min_seconds: 0.05, max_seconds: 0.2}}
+""")
+    return path
+
+
+def _manifest(run: Path) -> dict:
+    return json.loads((run / "manifest.json").read_text())["stages"]
+
+
+@pytest.mark.parametrize("kind,mods,col", [
+    ("vit", "{img: image, caption: text}", "img"),
+    ("convnext", "{img: image, caption: text}", "img"),
+    ("whisper", "{wav: audio, caption: text}", "wav"),
+    ("ast", "{wav: audio, caption: text}", "wav"),
+    ("wav2vec2", "{wav: audio, caption: text}", "wav"),
+])
+def test_a_pretrained_encoder_reads_its_own_processors_inputs(tmp_path, capsys, data, kind, mods, col):
+    model = save(kind, tmp_path / kind)
+    run = tmp_path / "run"
+    r = recipe(tmp_path, data, f"encoders: {{{col}: {{pretrained: {model}}}}}", mods)
+    code, out, err = cli(capsys, "run", r, "--run-dir", run, "--until", "distill", "-q")
+    assert code == 0, err
+    m = _manifest(run)
+    teacher = m["teacher"]["metrics"]
+    emb = teacher["embeddings"][f"{col}__teacher"]  # head (the default): frozen, embedded once
+    assert teacher["train"] == "head" and emb["rows"] == 30 and emb["gflops_per_s"] > 0
+    config = json.loads((run / "teacher" / "config.json").read_text())
+    spec = config["modalities"][f"{col}__teacher"]
+    want = {"vit": [3, 16, 16], "convnext": [3, 24, 24], "whisper": [16, 100], "ast": [48, 16], "wav2vec2": [16000]}
+    assert spec["shape"] == want[kind]  # the processor's size and rate, not the student's 8 px / 8 kHz mels
+    assert m["distill"]["status"] == "done"
+    # the view the later stages rebuild matches what the model's processor gives directly
+    from transformers import AutoFeatureExtractor, AutoImageProcessor
+
+    from edgekd.data.folder import load_folder
+    from edgekd.data.teacher_inputs import TeacherView
+    from edgekd.recipe import load_recipe
+
+    rec = load_recipe(r)
+    view = TeacherView(load_folder(rec.data, data, 0), config["processors"])
+    x = view.split("test").inputs[f"{col}__teacher"][:2]
+    files = [data / json.loads(line)[col] for line in (data / "metadata.jsonl").read_text().splitlines()[21:23]]
+    if col == "img":
+        proc = AutoImageProcessor.from_pretrained(str(model), local_files_only=True, backend="pil")
+        ims = [Image.alpha_composite(Image.new("RGBA", (24, 20), "white"), Image.open(f).convert("RGBA")).convert("RGB")
+               for f in files]
+        np.testing.assert_allclose(x, proc(images=ims, return_tensors="np")["pixel_values"], atol=1e-6)
+    else:
+        import soundfile
+
+        from edgekd.runtime.preprocess import fit_length, resample
+
+        fe = AutoFeatureExtractor.from_pretrained(str(model), local_files_only=True)
+        waves = [fit_length(resample(soundfile.read(f, dtype="float32")[0], 8000, 16000), 16000) for f in files]
+        got = fe(waves, sampling_rate=16000, return_tensors="np")[fe.model_input_names[0]]
+        np.testing.assert_allclose(x, got, atol=1e-5)
+
+
+def test_clip_towers_fused_by_a_trained_head_through_every_stage(tmp_path, capsys, data):
+    model = save("clip", tmp_path / "clip")
+    run = tmp_path / "run"
+    code, out, err = cli(capsys, "run", recipe(tmp_path, data, f"pretrained: {model}"), "--run-dir", run, "-q")
+    assert code == 0, err
+    m = _manifest(run)
+    teacher = m["teacher"]["metrics"]
+    assert set(teacher["embeddings"]) == {"img__teacher", "caption__teacher"}  # both towers, frozen, cached
+    config = json.loads((run / "teacher" / "config.json").read_text())
+    encoders = config["options"]["encoders"]
+    assert encoders["img__teacher"]["tower"] == "image" and encoders["caption__teacher"]["tower"] == "text"
+    from safetensors.numpy import load_file
+
+    saved = load_file(str(run / "teacher" / "model.safetensors"))
+    assert not any(k.startswith("encoders.img__teacher.net.text_model") for k in saved)  # each tower stored once
+    original = load_file(str(model / "model.safetensors"))
+    np.testing.assert_array_equal(saved["encoders.img__teacher.net.visual_projection.weight"],
+                                  original["visual_projection.weight"])
+    with np.load(run / "bundle" / "testset.npz") as z:  # the teacher's own test inputs ride along for bench
+        assert z["input.img__teacher"].shape[1:] == (3, 16, 16) and z["input.img"].shape[1:] == (1, 8, 8)
+    bench = json.loads(next((run / "bench").glob("*/bench.json")).read_text())
+    rows = {r["model"]: r for r in bench["results"] if not r["skipped"]}
+    assert rows["teacher_fp32"]["accuracy"] == m["export"]["metrics"]["teacher_fp32"]["accuracy"]
+    row = json.loads((data / "metadata.jsonl").read_text().splitlines()[-1])
+    code, out, err = cli(capsys, "predict", run / "bundle", "--image", data / row["img"], "--text", row["caption"],
+                         "--json")
+    assert code == 0, err
+    code, out, err = cli(capsys, "predict", run / "bundle", "--model", "teacher_fp32", "--image", data / row["img"],
+                         "--text", row["caption"])
+    assert code == 2 and "CLIPImageProcessor" in err and "student" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_fine_tuned_classifier_is_the_teacher_as_is(tmp_path, capsys, data):
+    model = save("text-classifier", tmp_path / "cls")
+    run = tmp_path / "run"
+    code, out, err = cli(capsys, "run", recipe(tmp_path, data, f"pretrained: {model}"), "--run-dir", run,
+                         "--until", "distill", "-q")
+    assert code == 0, err
+    m = _manifest(run)
+    assert m["teacher"]["metrics"]["train"] == "none"
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from edgekd.models.io import load_model_dir
+
+    teacher, config = load_model_dir(run / "teacher")
+    assert config["name"] == "hf_classifier" and config["options"]["columns"] == [0, 1, 2]  # "a" matched "A"
+    hf = AutoModelForSequenceClassification.from_pretrained(str(model), local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(str(model), local_files_only=True)
+    enc = tok(["dog moon", "cat"], padding="max_length", max_length=16, return_tensors="pt")
+    with torch.no_grad():
+        want = hf(**enc).logits[:, :3]
+        got = teacher({"caption__teacher": enc["input_ids"]}).logits
+    torch.testing.assert_close(got, want)  # nothing was fitted: the classifier's own logits
+
+
+def test_an_image_classifier_teacher_reorders_its_labels(tmp_path, data):
+    import torch
+
+    from edgekd.data.base import ModalitySpec
+    from edgekd.models import create_model
+
+    model = save("image-classifier", tmp_path / "icls")
+    mods = {"img__teacher": ModalitySpec("img__teacher", "image", (3, 16, 16), "float32")}
+    t = create_model("hf_classifier", "teacher", modalities=mods, num_classes=3, columns=[2, 1, 0],
+                     encoders={"img__teacher": {"pretrained": str(model), "auto_class": "AutoModelForImageClassification"}})
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        out = t.eval()({"img__teacher": x}).logits
+        own = t.net(x).logits
+    torch.testing.assert_close(out, own.flip(1))
+
+
+def test_classifier_labels_that_do_not_match_are_listed(tmp_path, capsys, data):
+    model = save("text-classifier", tmp_path / "cls", labels=["positive", "negative", "a"])
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "run", recipe(tmp_path, data, f"pretrained: {model}"), "--run-dir", run, "-q")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "no label for b, c" in err and "positive" in err and not run.exists()
+
+
+@pytest.mark.parametrize("case", ["no-processor", "disagrees", "train-head-classifier"])
+def test_processor_problems_are_one_line_errors(tmp_path, capsys, data, case):
+    if case == "no-processor":
+        model = save("vit", tmp_path / "vit")
+        (model / "preprocessor_config.json").unlink()
+        teacher, want = f"encoders: {{img: {{pretrained: {model}}}}}", ["no preprocessor_config.json", "save_pretrained"]
+    elif case == "disagrees":  # a 24 px processor in front of a 16 px ViT
+        model = save("vit", tmp_path / "vit", size=24)
+        teacher, want = f"encoders: {{img: {{pretrained: {model}}}}}", ["rejects its processor's inputs", "img__teacher"]
+    else:
+        model = save("text-classifier", tmp_path / "cls")
+        teacher, want = f"pretrained: {model}, train: head", ["no separate head", "none"]
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "run", recipe(tmp_path, data, teacher), "--run-dir", run, "-q")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert all(w in err for w in want), err
+    assert not run.exists()  # refused before anything was written
