@@ -65,7 +65,9 @@ def run(target: Target, until: Annotated[str, typer.Option("--until", help="Last
 
     check_until(until)  # before anything is created on disk
     with session(target, run_dir, set_, force=force, echo=typer.echo) as run_, _progress(quiet) as bar:
-        run_pipeline(run_, until=until, data_root=data_root, resume=resume, force=force, progress=bar, echo=typer.echo)
+        # --force that replaced a changed recipe re-runs what the change made stale, not every stage
+        again = force and not run_.replaced_recipe
+        run_pipeline(run_, until=until, data_root=data_root, resume=resume, force=again, progress=bar, echo=typer.echo)
     typer.echo(f"run directory: {run_.path} (manifest.json holds every metric)")
 
 

@@ -40,6 +40,7 @@ class RunDir:
     def __init__(self, path: Path, recipe: Recipe, manifest: dict):
         self.path, self.recipe, self.manifest = Path(path), recipe, manifest
         self.begun = False  # a stage of this process has started changing files (see pipeline.session)
+        self.replaced_recipe = False  # create() swapped in a changed recipe (its stale stages re-run)
 
     # ---- opening
 
@@ -72,6 +73,7 @@ class RunDir:
                         stage["status"] = "stale"
                 run.save()  # stale first: an interruption here must not leave old stages "done"
                 atomic_write_text(path / RECIPE, frozen)
+                run.replaced_recipe = True  # `run --force` then re-runs the stale stages only
                 return run
             return cls.open(path)
         path.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """Run directory contract: atomic files, hashes, versions, stale marking, tamper detection."""
 import json
+import time
 
 import pytest
 
@@ -114,3 +115,36 @@ def test_interrupted_creation_is_recoverable(tmp_path):
     (tmp_path / "run" / "recipe.yaml").write_text("name: old\n")  # killed before the manifest existed
     run = RunDir.create(tmp_path / "run", RECIPE)
     assert RunDir.open(run.path).recipe == RECIPE
+
+
+def test_run_force_after_a_recipe_change_reruns_only_what_it_made_stale(tmp_path, capsys):
+    """`edgekd run --force` with a changed distill section keeps the teacher (docs/recipes.md);
+    with the same recipe, --force re-runs every stage."""
+    from conftest import cli
+    from test_pretrained import folder
+
+    r = tmp_path / "r.yaml"
+    r.write_text(f"""
+name: force
+data: {{name: folder, path: {folder(tmp_path)}, modalities: {{img: image, caption: text}}, image_size: 8}}
+teacher: {{hidden: 16, layers: 1, heads: 2, epochs: 1, batch_size: 8, image_patch: 4}}
+student: {{name: fusion_tiny}}
+distill: {{epochs: 1, batch_size: 8, baseline: false}}
+""")
+    run = tmp_path / "run"
+
+    def finished():
+        stages = json.loads((run / "manifest.json").read_text())["stages"]
+        return {k: v["finished"] for k, v in stages.items()}
+
+    assert cli(capsys, "run", r, "--run-dir", run, "--until", "distill", "-q")[0] == 0
+    first = finished()
+    time.sleep(1.1)  # the manifest's times are to the second
+    code, out, err = cli(capsys, "run", r, "--run-dir", run, "--until", "distill", "--set", "distill.epochs=2",
+                         "--force", "-q")
+    assert code == 0 and "teacher: up to date" in out, err
+    second = finished()
+    assert second["teacher"] == first["teacher"] and second["distill"] != first["distill"]
+    code, out, err = cli(capsys, "run", r, "--run-dir", run, "--until", "distill", "--set", "distill.epochs=2",
+                         "--force", "-q")
+    assert code == 0 and finished()["teacher"] != first["teacher"], err
