@@ -276,3 +276,99 @@ def test_processor_problems_are_one_line_errors(tmp_path, capsys, data, case):
     assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert all(w in err for w in want), err
     assert not run.exists()  # refused before anything was written
+
+
+def test_the_frozen_pass_runs_where_a_trial_batch_says_it_is_faster(tmp_path):
+    """PyTorch or onnxruntime, measured on a trial batch, both giving the same embeddings; the pass's
+    figures name the backend and the trial."""
+    import torch
+
+    from edgekd.data.base import ModalitySpec
+    from edgekd.distill import teacher_pass
+    from edgekd.distill.embeddings import embed_rows
+    from edgekd.models.teacher import HFEncoder
+
+    model = save("vit", tmp_path / "vit")
+    spec = ModalitySpec("img__teacher", "image", (3, 16, 16), "float32")
+    enc = HFEncoder(spec, 16, 1, 2, source={"pretrained": str(model), "native": True}).eval()
+    rows = np.random.default_rng(0).standard_normal((40, 3, 16, 16)).astype(np.float32)
+    fn, info = teacher_pass.pick(enc, torch.from_numpy(rows[:8]), rows=100_000)
+    assert info["torch_samples_per_s"] > 0 and info["onnxruntime_samples_per_s"] > 0
+    assert info["trial_max_rel_diff"] <= teacher_pass.TRIAL_TOLERANCE
+    faster = info["onnxruntime_samples_per_s"] > info["torch_samples_per_s"]  # over 100k rows the export is noise
+    assert info["backend"] == ("onnxruntime" if faster else "torch")
+    with torch.no_grad():
+        np.testing.assert_allclose(fn(torch.from_numpy(rows[:4])), enc.embed(torch.from_numpy(rows[:4])).numpy(),
+                                   atol=1e-4)
+    out, stats = embed_rows(enc, rows, batch_size=16)
+    assert stats["backend"] in ("torch", "onnxruntime") and "torch_samples_per_s" in stats
+    with torch.no_grad():
+        np.testing.assert_allclose(out, enc.embed(torch.from_numpy(rows)).numpy(), atol=1e-4)
+
+
+def test_a_teacher_the_exporter_cannot_trace_stays_on_pytorch_and_says_why(monkeypatch):
+    import torch
+
+    from edgekd.distill import teacher_pass
+
+    class Enc(torch.nn.Module):
+        def embed(self, x):
+            return x * 2
+
+    def broken(*a, **k):
+        raise RuntimeError("unsupported op")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    fn, info = teacher_pass.pick(Enc(), torch.ones(2, 3), rows=10)
+    assert info["backend"] == "torch" and "export failed" in info["onnxruntime"] and "unsupported op" in info["onnxruntime"]
+    np.testing.assert_array_equal(fn(torch.ones(1, 3)), np.full((1, 3), 2.0, np.float32))
+
+
+def test_a_dataset_without_raw_rows_refuses_a_pretrained_processor():
+    from edgekd.data.teacher_inputs import TeacherView
+    from edgekd.errors import RecipeError
+
+    class Arrays:  # like avdigits: model-ready arrays, no files or texts as written
+        name = "avdigits"
+
+    with pytest.raises(RecipeError, match="folder dataset"):
+        TeacherView(Arrays(), {"image": {"kind": "image"}})
+
+
+def test_the_pruned_vocabulary_student_starts_from_the_teachers_token_embeddings(tmp_path):
+    import torch
+
+    from edgekd.data.base import ModalitySpec
+    from edgekd.data.processors import pruned_text_params, text_params
+    from edgekd.distill.embedding_init import init_text_embeddings
+    from edgekd.models import create_model
+
+    path = tmp_path / "bert"
+    n = _tokenizer(path)
+    import transformers as t
+
+    t.BertModel(t.BertConfig(vocab_size=n, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=32)).save_pretrained(path)
+    tp = text_params(path, "here", 8)
+    sp = pruned_text_params(tp, ["cat dog", "red sun"])
+    teacher = create_model("mm_transformer", "teacher", num_classes=2, hidden=16, layers=1, heads=2, fusion="concat",
+                           modalities={"c__teacher": ModalitySpec("c__teacher", "text", (8,), "int64", n)},
+                           encoders={"c__teacher": {"pretrained": str(path), "pad_id": 0}})
+    student = create_model("fusion_tiny", "student", num_classes=2, dim=4,
+                           modalities={"c": ModalitySpec("c", "text", (8,), "int64", sp["vocab_size"])})
+    assert student.embed_dim == 4  # student.dim
+    before = student.encoders["c"].emb.weight.clone()
+    info = init_text_embeddings(student, teacher, {"c": sp}, {"c": tp})
+    after = student.encoders["c"].emb.weight
+    assert info["c"]["rows"] == sp["vocab_size"] - 1 and 0 < info["c"]["explained_variance"] <= 1
+    assert torch.all(after[0] == 0) and not torch.equal(after[1:], before[1:])
+    # rows keep the teacher's geometry: the projected rows are a linear image of the teacher's
+    import json as j
+
+    theirs = j.loads(tp["tokenizer_json"])["model"]["vocab"]
+    ours = j.loads(sp["tokenizer_json"])["model"]["vocab"]
+    table = teacher.encoders["c__teacher"].net.get_input_embeddings().weight.detach()
+    old = table[[theirs[tok] for tok, i in sorted(ours.items(), key=lambda kv: kv[1]) if i > 0]].double()
+    centred = old - old.mean(0)
+    coef = torch.linalg.lstsq(centred, after[1:].double()).solution
+    torch.testing.assert_close(centred @ coef, after[1:].double(), atol=1e-5, rtol=1e-4)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgekd.distill import teacher_pass
 from edgekd.files import atomic_path, atomic_write_json
 
 
@@ -36,11 +37,13 @@ def _flops(encoder, x: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def embed_rows(encoder, rows: np.ndarray, batch_size: int = 64, progress=None, label: str = "embed"):
+def embed_rows(encoder, rows: np.ndarray, batch_size: int = 64, progress=None, label: str = "embed",
+               threads: int = 1, choose: bool = True):
     """(N, D) float32 embeddings of every row (token ids, or the processor's pixel/audio arrays) and
     {rows, seconds, samples_per_s, gflops_per_s}. Text: GFLOP/s estimated as 2 x non-embedding
     parameters x real tokens / seconds; image/audio: the first batch's FLOPs as counted by torch,
-    scaled to all rows."""
+    scaled to all rows. `choose`: run the pass where it is fastest (edgekd.distill.teacher_pass),
+    and add that choice and its trial to the figures."""
     encoder.eval()
     text = rows.dtype.kind in "iu"
     if text:
@@ -49,18 +52,22 @@ def embed_rows(encoder, rows: np.ndarray, batch_size: int = 64, progress=None, l
     else:
         order = np.arange(len(rows))
     out, flops = None, 0.0
+
+    def batch(i):
+        idx = np.sort(order[i : i + batch_size]) if not text else order[i : i + batch_size]
+        x = torch.from_numpy(np.ascontiguousarray(rows[idx]))
+        return idx, (x[:, : max(1, int(lengths[idx].max()))] if text else x)
+
+    if not text and len(rows):  # counted on the first batch, before the pass (which may move to CUDA)
+        first = batch(0)
+        flops = _flops(encoder, first[1]) * len(rows) / len(first[0])
+    run, where = (teacher_pass.pick(encoder, batch(0)[1], len(rows), threads) if choose and len(rows)
+                  else (lambda x: encoder.embed(x).float().numpy(), {"backend": "torch"}))
     task = progress.add_task(label, total=len(rows)) if progress else None
     t0 = time.perf_counter()
     for i in range(0, len(rows), batch_size):
-        idx = np.sort(order[i : i + batch_size]) if not text else order[i : i + batch_size]
-        x = torch.from_numpy(np.ascontiguousarray(rows[idx]))
-        if text:
-            x = x[:, : max(1, int(lengths[idx].max()))]
-        elif out is None:  # counted outside the timed passes' sum below
-            counted = time.perf_counter()
-            flops = _flops(encoder, x) * len(rows) / len(idx)
-            t0 += time.perf_counter() - counted
-        emb = encoder.embed(x).float().numpy()
+        idx, x = batch(i)
+        emb = run(x)
         if out is None:
             out = np.zeros((len(rows), emb.shape[1]), dtype=np.float32)
         out[idx] = emb
@@ -71,8 +78,9 @@ def embed_rows(encoder, rows: np.ndarray, batch_size: int = 64, progress=None, l
         progress.remove_task(task)
     if text:
         flops = 2.0 * _params_without_embeddings(encoder.net) * float(lengths.sum())
+    encoder.to("cpu")  # where the rest of the teacher is
     return out, {"rows": int(len(rows)), "seconds": round(seconds, 2), "samples_per_s": round(len(rows) / seconds, 1),
-                 "gflops_per_s": round(flops / seconds / 1e9, 1)}
+                 "gflops_per_s": round(flops / seconds / 1e9, 1), **where}
 
 
 def cached_embeddings(cache_dir: Path, name: str, compute) -> tuple[np.ndarray, dict]:

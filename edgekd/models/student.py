@@ -253,10 +253,10 @@ def inference_form(model: nn.Module) -> nn.Module:
     return FoldedLateStudent(model) if isinstance(model, FusedStudent) and model.late else model
 
 
-def _preset(default_width: int, default_depth: int, dim: int, stem_stride: int):
-    def factory(modalities, num_classes, fusion="gated", width=None, depth=None):
-        return FusedStudent(modalities, num_classes, width or default_width, depth or default_depth, dim, fusion,
-                            stem_stride)
+def _preset(default_width: int, default_depth: int, default_dim: int, stem_stride: int):
+    def factory(modalities, num_classes, fusion="gated", width=None, depth=None, dim=None):
+        return FusedStudent(modalities, num_classes, width or default_width, depth or default_depth, dim or default_dim,
+                            fusion, stem_stride)
 
     return factory
 

@@ -11,6 +11,7 @@ from edgekd.data import load_dataset
 from edgekd.data.processors import pruned_text_params
 from edgekd.data.teacher_inputs import TeacherView
 from edgekd.distill.cache import TeacherTargets
+from edgekd.distill.embedding_init import init_text_embeddings
 from edgekd.distill.evaluate import evaluate
 from edgekd.distill.losses import Projectors, loss_weights
 from edgekd.distill.trainer import Job, train
@@ -55,17 +56,23 @@ def distill_seed(recipe) -> int:
 
 def build_student(recipe, data, names):
     s = recipe.student
-    options = {"fusion": s.fusion, "width": s.width, "depth": s.depth}
+    options = {"fusion": s.fusion, "width": s.width, "depth": s.depth, **({"dim": s.dim} if s.dim else {})}
     specs = {n: data.modalities[n] for n in names}
     torch.manual_seed(distill_seed(recipe))  # the KD student and the baseline start from the same weights
     return create_model(s.name, "student", modalities=specs, num_classes=len(data.classes), **options), options, specs
 
 
-def _fit_student(run, recipe, data, names, label, targets, resume, progress, kd: bool, fingerprint: str):
+def _fit_student(run, recipe, data, names, label, targets, resume, progress, kd: bool, fingerprint: str,
+                 teacher_processors: dict | None = None):
     from edgekd.models.io import save_model
 
     student, options, specs = build_student(recipe, data, names)
     d = recipe.distill
+    if kd and teacher_processors:  # the teacher's tokens: start from its own (PCA-projected) token embeddings
+        job_init = init_text_embeddings(student, targets.teacher, getattr(data, "params", None) or {},
+                                        teacher_processors)
+    else:
+        job_init = {}
     job = Job(student, names, d, distill_seed(recipe), run.stage_dir("distill") / label / "checkpoint.pt", label,
               fingerprint=fingerprint)
     if kd:
@@ -83,7 +90,7 @@ def _fit_student(run, recipe, data, names, label, targets, resume, progress, kd:
         with atomic_path(run.stage_dir("distill") / label / "projectors.safetensors") as tmp:
             save_file(job.projectors.state_dict(), str(tmp))
         files["projectors"] = run.stage_dir("distill") / label / "projectors.safetensors"
-    return student, history, files
+    return student, history, files, job_init
 
 
 def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dict:
@@ -108,8 +115,9 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         targets.prepare(data.num_pairings)
         cache_seconds = round(time.time() - t0, 2)
 
-        student, history, files = _fit_student(run, r, sdata, names, "student", targets, resume, progress, kd=True,
-                                               fingerprint=fingerprint)
+        student, history, files, text_init = _fit_student(
+            run, r, sdata, names, "student", targets, resume, progress, kd=True, fingerprint=fingerprint,
+            teacher_processors=json.loads(teacher_c.read_text(encoding="utf-8")).get("processors"))
         test = sdata.split("test")
         result = evaluate(student, test, names, data.classes)
         teacher_acc = run.stage("teacher")["metrics"]["accuracy"]
@@ -124,11 +132,12 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
             "modalities": names,
             "cache_seconds": cache_seconds if cache_dir else None,
             "epoch_seconds": round(sum(h["seconds"] for h in history) / max(1, len(history)), 3),
+            **({"text_init": text_init} if text_init else {}),
         }
         outputs = {"weights": files["weights"], "config": files["config"], "projectors": files["projectors"]}
         report = {"student": {**result, "history": history}}
         if r.distill.baseline:
-            base, base_hist, base_files = _fit_student(run, r, sdata, names, "baseline", None, resume, progress,
+            base, base_hist, base_files, _ = _fit_student(run, r, sdata, names, "baseline", None, resume, progress,
                                                        kd=False, fingerprint=fingerprint)
             base_result = evaluate(base, test, names, data.classes)
             metrics["baseline_accuracy"] = base_result["accuracy"]

@@ -152,12 +152,12 @@ def train_mode(t, model) -> str:
     return t.train or ("head" if model.pretrained() else "all")
 
 
-def _embed(encoder, rows, progress, label: str):
+def _embed(encoder, rows, progress, label: str, threads: int = 1):
     """embed_rows, with its achieved GFLOP/s set against the machine's float32 matmul peak measured
     right after the pass, under the same load."""
     from edgekd.benchmark.sysinfo import machine_peak_gflops
 
-    rows, stats = embed_rows(encoder, rows, progress=progress, label=label)
+    rows, stats = embed_rows(encoder, rows, progress=progress, label=label, threads=threads)
     peak = machine_peak_gflops()
     return rows, {**stats, "peak_gflops_per_s": round(peak, 1),
                   "fraction_of_peak": round(stats["gflops_per_s"] / peak, 3) if peak else None}
@@ -177,7 +177,8 @@ def _frozen_embeddings(run: RunDir, model, view, sources: dict, progress) -> tup
         what = json.dumps({k: v for k, v in p.items() if k != "source"}, sort_keys=True)
         key = sha256(f"{weights_sha256(src)}:{source.get('tower')}:{what}:{view.fingerprint()}".encode())
         cache = run.path / "cache" / f"embeddings-{key.hexdigest()[:16]}"
-        rows, st = cached_embeddings(cache, name, partial(_embed, enc, view.rows(name), progress, f"embedding {name}"))
+        rows, st = cached_embeddings(cache, name, partial(_embed, enc, view.rows(name), progress, f"embedding {name}",
+                                                          run.recipe.threads))
         spec = ModalitySpec(name, enc.kind, (rows.shape[1],), "float32")
         view = view.with_rows(name, spec, rows)
         stats[name] = {**st, "cache": str(cache.relative_to(run.path))}
