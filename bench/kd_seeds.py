@@ -5,7 +5,8 @@
 
 One `edgekd run RECIPE --until distill` per seed, each in its own run directory under --out, all
 reusing one trained teacher (`teacher.checkpoint`) and varying only `distill.seed`: the students'
-initial weights, batch order and modality masks. The KD student and its baseline share each seed,
+initial weights, batch order and modality masks (the baseline is always trained, whatever the recipe
+says). The KD student and its baseline share each seed,
 so the per-seed difference is a paired sample; the summary gives its mean with a Student-t 95%
 interval. A single run's `kd_gain` on a 1,000-clip speaker-held-out test split moves by several
 points from seed to seed, so judge a student or a loss setting on this, not on one run.
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def distill_run(recipe: Path, teacher: Path, seed: int, run_dir: Path, overrides: list[str]) -> dict:
-    sets = [f"teacher.checkpoint={teacher}", f"distill.seed={seed}", "threads=1", *overrides]
+    sets = [f"teacher.checkpoint={teacher}", f"distill.seed={seed}", "threads=1", "distill.baseline=true", *overrides]
     cmd = [sys.executable, "-m", "edgekd", "run", str(recipe), "--until", "distill", "--run-dir", str(run_dir), "-q"]
     for s in sets:
         cmd += ["--set", s]

@@ -164,6 +164,7 @@ class StudentConfig(Strict):
     width: int | None = Field(None, gt=0, description="Channel width (default: the model's preset).")
     depth: int | None = Field(None, ge=1, description="Blocks per encoder (default: the model's preset).")
     dim: int | None = Field(None, ge=4, description="Embedding width of every encoder and the fusion (default: the preset's).")
+    text_kernel: Literal[3, 5] | None = Field(None, description="Text: also a convolution over neighbouring tokens.")
     modalities: list[str] | None = Field(
         None, min_length=1,
         description="Modalities the student sees (default all; a subset is cross-modal distillation).",

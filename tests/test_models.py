@@ -193,3 +193,22 @@ def test_cross_attention_teacher_stays_finite_when_a_sample_has_no_tokens_left()
     x["text"][:] = 0  # empty texts: every token is padding
     keep = torch.tensor([[1.0, 0.0]] * 3)  # ... and the vector is absent
     assert torch.isfinite(t(x, keep=keep).logits).all()
+
+
+def test_text_kernel_adds_a_token_convolution_that_padding_cannot_reach():
+    """student.text_kernel: word pairs/triples, still averaged over the real tokens only -- the same
+    text padded to another length gives the same features; student.dim sets the embedding width."""
+    from edgekd.models.student import TextEncoder
+
+    s = create_model("fusion_lean", "student", modalities={"text": MODS["text"]}, num_classes=3, text_kernel=3,
+                     dim=24).eval()
+    enc = s.encoders["text"]
+    assert isinstance(enc, TextEncoder) and enc.conv.kernel_size == (3,) and s.embed_dim == 24
+    ids = torch.tensor([[5, 9, 7, 0, 0, 0]])
+    with torch.no_grad():
+        short, long = enc.features(ids[:, :4]), enc.features(torch.cat([ids, torch.zeros(1, 6, dtype=torch.long)], 1))
+        plain = TextEncoder(50, 24).eval()
+        plain.emb.load_state_dict(enc.emb.state_dict())
+        plain.out.load_state_dict(enc.out.state_dict())
+        assert not torch.allclose(plain.features(ids), enc.features(ids))  # the convolution adds something
+    torch.testing.assert_close(short, long)

@@ -74,16 +74,22 @@ class AudioEncoder(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """Embedding + masked mean (EmbeddingBag exports as a slow ONNX Loop)."""
+    """Embedding + masked mean (EmbeddingBag exports as a slow ONNX Loop). With `kernel`, each
+    token's embedding also gets a ReLU'd convolution over its neighbours (word pairs and triples:
+    "arrow" next to "left"), still averaged over the real tokens only."""
 
-    def __init__(self, vocab: int, dim: int):
+    def __init__(self, vocab: int, dim: int, kernel: int | None = None):
         super().__init__()
         self.emb = nn.Embedding(vocab, dim, padding_idx=0)
         self.out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
+        self.conv = nn.Conv1d(dim, dim, kernel, padding=kernel // 2) if kernel else None
 
     def features(self, ids):  # (B, L) int64, 0 = padding
         mask = (ids != 0).float()[..., None]
-        return self.out[0]((self.emb(ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+        e = self.emb(ids) * mask  # padding rows are zero, like the convolution's own edge padding
+        if self.conv is not None:
+            e = e + torch.relu(self.conv(e.transpose(1, 2))).transpose(1, 2) * mask
+        return self.out[0](e.sum(1) / mask.sum(1).clamp(min=1.0))
 
     @property
     def proj(self) -> nn.Linear:
@@ -183,7 +189,7 @@ FUSIONS = {"concat": ConcatFusion, "gated": GatedFusion, "attention": AttentionF
 
 class FusedStudent(nn.Module):
     def __init__(self, modalities: dict[str, ModalitySpec], num_classes: int, width: int, depth: int,
-                 dim: int, fusion: str = "gated", stem_stride: int = 1):
+                 dim: int, fusion: str = "gated", stem_stride: int = 1, text_kernel: int | None = None):
         super().__init__()
         self.names = list(modalities)
         enc = {}
@@ -193,7 +199,7 @@ class FusedStudent(nn.Module):
             elif s.kind == "audio":
                 enc[name] = AudioEncoder(s.shape[1], width, depth, dim, stem_stride)
             elif s.kind == "text":
-                enc[name] = TextEncoder(max(s.vocab_size, 8), dim)
+                enc[name] = TextEncoder(max(s.vocab_size, 8), dim, text_kernel)
             else:
                 enc[name] = VectorEncoder(s.shape[0], dim)
         self.encoders = nn.ModuleDict(enc)
@@ -254,9 +260,9 @@ def inference_form(model: nn.Module) -> nn.Module:
 
 
 def _preset(default_width: int, default_depth: int, default_dim: int, stem_stride: int):
-    def factory(modalities, num_classes, fusion="gated", width=None, depth=None, dim=None):
+    def factory(modalities, num_classes, fusion="gated", width=None, depth=None, dim=None, text_kernel=None):
         return FusedStudent(modalities, num_classes, width or default_width, depth or default_depth, dim or default_dim,
-                            fusion, stem_stride)
+                            fusion, stem_stride, text_kernel)
 
     return factory
 

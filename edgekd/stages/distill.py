@@ -56,7 +56,8 @@ def distill_seed(recipe) -> int:
 
 def build_student(recipe, data, names):
     s = recipe.student
-    options = {"fusion": s.fusion, "width": s.width, "depth": s.depth, **({"dim": s.dim} if s.dim else {})}
+    options = {"fusion": s.fusion, "width": s.width, "depth": s.depth,
+               **{k: v for k, v in (("dim", s.dim), ("text_kernel", s.text_kernel)) if v}}
     specs = {n: data.modalities[n] for n in names}
     torch.manual_seed(distill_seed(recipe))  # the KD student and the baseline start from the same weights
     return create_model(s.name, "student", modalities=specs, num_classes=len(data.classes), **options), options, specs
