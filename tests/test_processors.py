@@ -372,3 +372,29 @@ def test_the_pruned_vocabulary_student_starts_from_the_teachers_token_embeddings
     centred = old - old.mean(0)
     coef = torch.linalg.lstsq(centred, after[1:].double()).solution
     torch.testing.assert_close(centred @ coef, after[1:].double(), atol=1e-5, rtol=1e-4)
+
+
+def test_clip_style_padding_with_the_end_token_keeps_the_first_one(tmp_path):
+    """CLIP pads with its end-of-text token: the first is real (the causal tower pools there)."""
+    import torch
+
+    from edgekd.data.base import ModalitySpec
+    from edgekd.models.teacher import HFEncoder
+
+    spec = ModalitySpec("c__teacher", "text", (6,), "int64", 16)
+    enc = HFEncoder(spec, 16, 1, 2, source={"pad_id": 3, "pad_is_eos": True})
+    mask = enc.text_mask(torch.tensor([[2, 5, 9, 3, 3, 3], [2, 3, 3, 3, 3, 3]]))
+    assert mask.int().tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]]
+
+
+def test_siglip_is_refused_in_one_line(tmp_path, capsys, data):
+    import transformers as t
+
+    path = tmp_path / "siglip"
+    small = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    t.SiglipModel(t.SiglipConfig(text_config={**small, "vocab_size": 32}, vision_config={**small, "image_size": 16,
+                                                                                         "patch_size": 8})).save_pretrained(path)
+    capsys.readouterr()  # transformers' own notes on this tiny config, written while saving it
+    run = tmp_path / "run"
+    code, _, err = cli(capsys, "run", recipe(tmp_path, data, f"pretrained: {path}"), "--run-dir", run, "-q")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "SigLIP" in err and not run.exists()

@@ -27,7 +27,7 @@ _BATCH = 64
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet_transformers():
     """transformers warns on stderr about optional backends (torchvision) edgekd does not use."""
     from transformers.utils import logging
 
@@ -57,7 +57,7 @@ def processor_params(kind: str, model_dir: Path, where: str, max_length: int | N
     import transformers
 
     try:
-        with _quiet():
+        with quiet_transformers():
             if kind == "image":  # the PIL backend: numpy and Pillow, no torchvision
                 pil = {"backend": "pil"} if int(transformers.__version__.split(".")[0]) >= 5 else {"use_fast": False}
                 proc = transformers.AutoImageProcessor.from_pretrained(
@@ -81,7 +81,7 @@ def _rebuild(p: dict):
     """The processor from its stored parameters: a class transformers defines, nothing else."""
     import transformers
 
-    with _quiet():
+    with quiet_transformers():
         cls = getattr(transformers, str(p.get("processor_class")), None)
         base = transformers.ImageProcessingMixin if p["kind"] == "image" else transformers.FeatureExtractionMixin
         if not (isinstance(cls, type) and issubclass(cls, base)):
@@ -98,7 +98,7 @@ def encode(p: dict, raw: list, label: str = "") -> np.ndarray:
     main = proc.model_input_names[0]  # pixel_values, input_features, input_values
     load = _image if p["kind"] == "image" else _audio
     parts = []
-    with _quiet():
+    with quiet_transformers():
         for i in range(0, len(raw), _BATCH):
             items = [load(f, p) for f in raw[i : i + _BATCH]]
             kw = {"images": items} if p["kind"] == "image" else {"raw_speech": items, "sampling_rate": p["sampling_rate"]}
@@ -141,7 +141,7 @@ def text_params(model_dir: Path, where: str, max_length: int | None = None) -> d
         raise CheckpointError(f"{where}: {model_dir} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save "
                               "the model's tokenizer beside it with tokenizer.save_pretrained(DIR)")
     try:
-        with _quiet():
+        with quiet_transformers():
             tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{where}: cannot load the tokenizer in {model_dir} ({_first(e)}); save it with "

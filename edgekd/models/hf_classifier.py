@@ -3,7 +3,7 @@
 A fine-tuned `*For{Sequence,Image,Audio}Classification` model is the teacher as it is: its
 `id2label` names are matched to the dataset's labels, and its logits, cut to those columns in the
 dataset's class order, are the teacher's logits (nothing is fitted). A dual encoder (CLIP-style:
-`get_image_features` / `get_text_features`, likewise SigLIP- and CLAP-style models) is not a model
+`get_image_features` / `get_text_features`; `get_audio_features` by the same lookup) is not a model
 class of its own: each tower becomes one of the multimodal teacher's encoders (models.teacher).
 """
 from __future__ import annotations

@@ -13,7 +13,7 @@ import torch
 from edgekd.contract import TEACHER_SUFFIX, modality_of
 from edgekd.data import load_dataset
 from edgekd.data.base import ModalitySpec
-from edgekd.data.processors import processor_params
+from edgekd.data.processors import processor_params, quiet_transformers
 from edgekd.data.teacher_inputs import TeacherView
 from edgekd.distill.embeddings import cached_embeddings, embed_rows
 from edgekd.distill.evaluate import evaluate
@@ -71,7 +71,8 @@ def _whole_model(t, data, out: Plan) -> None:
     where = "recipe.teacher.pretrained"
     path = resolve_dir(t.pretrained, where, t.sha256)
     try:
-        config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        with quiet_transformers():  # its notes on the user's config are not edgekd's one-line error
+            config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"{where}: cannot read {path / 'config.json'} ({str(e).splitlines()[0][:160]})") from None
     source = {"pretrained": t.pretrained, "sha256": t.sha256}
@@ -85,7 +86,11 @@ def _whole_model(t, data, out: Plan) -> None:
         out.name, out.sources = "hf_classifier", {mine[0]: {**source, "auto_class": auto}}
         out.options = {"columns": match_labels(config.id2label, data.classes, where)}
         return
-    with torch.device("meta"):  # which towers it has, without allocating its weights
+    if config.model_type.startswith("siglip"):  # its text tower pools the last of its fixed 64 positions
+        raise CheckpointError(f"{where}: {path.name} is a SigLIP model, which edgekd does not support yet (its text "
+                              "tower pools a fixed padded position); use a CLIP-style model or one encoder per "
+                              "modality (teacher.encoders.<modality>.pretrained)")
+    with torch.device("meta"), quiet_transformers():  # which towers it has, without allocating its weights
         model = AutoModel.from_config(config)
     for m, spec in data.modalities.items():
         method, parts = TOWERS.get(spec.kind, ("", ()))
