@@ -221,6 +221,7 @@ def test_bench_json_markdown_and_plots(tmp_path):
 
     md = to_markdown(bench)
     assert "| student_int8_cpu vs teacher_fp32 (onnxruntime-cpu, batch 1) |" in md and "paired rounds |" in md
+    assert "- student_int8_cpu on onnxruntime-cpu, batch 1: INT8 pays, 1.5" in md  # the fake INT8 is 1.5x faster
     header = next(line for line in md.splitlines() if line.startswith("| model"))
     assert all(c in header for c in COLUMNS)
     files = write_outputs(bench, tmp_path / "out")
@@ -230,6 +231,16 @@ def test_bench_json_markdown_and_plots(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"schema": "other"}))
     with pytest.raises(UsageError, match="not an edgekd bench JSON"):
         load_bench(tmp_path / "bad.json")
+
+
+def test_int8_verdicts_say_plainly_whether_int8_pays():
+    from edgekd.benchmark.results import int8_verdicts
+
+    q = {"kind": "int8_vs_fp32", "model": "student_int8_cpu", "backend": "onnxruntime-cpu", "batch": 1}
+    got = int8_verdicts([{**q, "value": 0.5, "ci": [0.45, 0.55]}, {**q, "batch": 32, "value": 1.02, "ci": [0.97, 1.08]},
+                         {"kind": "student_vs_teacher", "value": 9.0, "ci": [8, 10]}])
+    assert got == ["student_int8_cpu on onnxruntime-cpu, batch 1: INT8 does not pay, FP32 is 2.00x faster (CI 1.82-2.22)",
+                   "student_int8_cpu on onnxruntime-cpu, batch 32: no difference the interval can tell (1.02x, CI 0.97-1.08)"]
 
 
 def test_pareto_front():

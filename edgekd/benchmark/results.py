@@ -146,11 +146,35 @@ def to_markdown(bench: dict) -> str:
         lines += [f"| {q['name']} | {q['value']:.2f}x | [{_f(q['ci'][0])}, {_f(q['ci'][1])}] | "
                   f"{'paired rounds' if 'per-round' in q.get('metric', '') else 'ratio of p50s'} |"
                   for q in bench["ratios"]]
+    verdicts = int8_verdicts(bench.get("ratios") or [])
+    if verdicts:
+        lines += ["", "Does INT8 pay? (against the FP32 student, same backend and batch, paired rounds)", ""]
+        lines += [f"- {v}" for v in verdicts]
     skipped = [r for r in bench["results"] if r.get("skipped")]
     if skipped:
         lines += ["", "Not measured:", ""] + [f"- {r['model']} on {r['backend']} (batch {r['batch']}): {r['skipped']}"
                                              for r in skipped]
     return "\n".join(lines) + "\n"
+
+
+def int8_verdicts(ratios: list[dict]) -> list[str]:
+    """One plain sentence per INT8 model, backend and batch: faster than FP32, slower, or no
+    difference the interval can tell."""
+    out = []
+    for q in ratios:
+        if q.get("kind") != "int8_vs_fp32":
+            continue
+        lo, hi = q["ci"]
+        where = f"{q['model']} on {q['backend']}, batch {q['batch']}"
+        if q["model"] == "student_int8_qdq" and "tensorrt" not in q["backend"] and "trt" not in q["backend"]:
+            where += " (the QDQ model is built for TensorRT; student_int8_cpu is the CPU's)"
+        if lo is not None and lo > 1:
+            out.append(f"{where}: INT8 pays, {q['value']:.2f}x faster than FP32 (CI {lo:.2f}-{hi:.2f})")
+        elif hi is not None and hi < 1:
+            out.append(f"{where}: INT8 does not pay, FP32 is {1 / q['value']:.2f}x faster (CI {1 / hi:.2f}-{1 / lo:.2f})")
+        else:
+            out.append(f"{where}: no difference the interval can tell ({q['value']:.2f}x, CI {_f(lo)}-{_f(hi)})")
+    return out
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
