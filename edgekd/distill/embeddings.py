@@ -38,12 +38,12 @@ def _flops(encoder, x: torch.Tensor) -> float:
 
 @torch.no_grad()
 def embed_rows(encoder, rows: np.ndarray, batch_size: int = 64, progress=None, label: str = "embed",
-               threads: int = 1, choose: bool = True):
+               threads: int = 1):
     """(N, D) float32 embeddings of every row (token ids, or the processor's pixel/audio arrays) and
     {rows, seconds, samples_per_s, gflops_per_s}. Text: GFLOP/s estimated as 2 x non-embedding
     parameters x real tokens / seconds; image/audio: the first batch's FLOPs as counted by torch,
-    scaled to all rows. `choose`: run the pass where it is fastest (edgekd.distill.teacher_pass),
-    and add that choice and its trial to the figures."""
+    scaled to all rows. The pass runs where it is fastest (edgekd.distill.teacher_pass); that
+    choice and its trial join the figures."""
     encoder.eval()
     text = rows.dtype.kind in "iu"
     if text:
@@ -54,15 +54,14 @@ def embed_rows(encoder, rows: np.ndarray, batch_size: int = 64, progress=None, l
     out, flops = None, 0.0
 
     def batch(i):
-        idx = np.sort(order[i : i + batch_size]) if not text else order[i : i + batch_size]
+        idx = order[i : i + batch_size]
         x = torch.from_numpy(np.ascontiguousarray(rows[idx]))
         return idx, (x[:, : max(1, int(lengths[idx].max()))] if text else x)
 
-    if not text and len(rows):  # counted on the first batch, before the pass (which may move to CUDA)
-        first = batch(0)
+    first = batch(0) if len(rows) else None
+    if first is not None and not text:  # counted on the first batch, before the pass (which may move to CUDA)
         flops = _flops(encoder, first[1]) * len(rows) / len(first[0])
-    run, where = (teacher_pass.pick(encoder, batch(0)[1], len(rows), threads) if choose and len(rows)
-                  else (lambda x: encoder.embed(x).float().numpy(), {"backend": "torch"}))
+    run, where = teacher_pass.pick(encoder, first[1], len(rows), threads) if first is not None else (None, {"backend": "torch"})
     task = progress.add_task(label, total=len(rows)) if progress else None
     t0 = time.perf_counter()
     for i in range(0, len(rows), batch_size):

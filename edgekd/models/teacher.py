@@ -123,7 +123,8 @@ class HFEncoder(nn.Module):
         if spec.kind == "audio" and not self.native and getattr(cfg, "num_mel_bins", spec.shape[1]) != spec.shape[1]:
             raise CheckpointError(f"audio encoder expects {cfg.num_mel_bins} mel bins but the data has "
                                   f"{spec.shape[1]}; set data.audio.n_mels: {cfg.num_mel_bins}")
-        self.proj = nn.Identity() if self.out_dim() == hidden else nn.Linear(self.out_dim(), hidden)
+        out = self.out_dim()
+        self.proj = nn.Identity() if out == hidden else nn.Linear(out, hidden)
 
     def out_dim(self) -> int:
         cfg = self.net.config

@@ -2,7 +2,6 @@
 it (the baseline that `kd_gain` is measured against)."""
 from __future__ import annotations
 
-import json
 import time
 
 import torch
@@ -34,12 +33,11 @@ def student_modalities(recipe, data) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
-def student_processors(run: RunDir, recipe, data, names: list[str]) -> dict:
-    """student.text_tokenizer: teacher -- each text modality through the teacher's own tokenizer,
-    its vocabulary pruned to the tokens of the train split."""
+def student_processors(recipe, data, names: list[str], teacher: dict) -> dict:
+    """student.text_tokenizer: teacher -- each text modality through the teacher's own tokenizer
+    (`teacher`: the teacher's processor parameters), its vocabulary pruned to the train split's tokens."""
     if recipe.student.text_tokenizer == "own":
         return {}
-    teacher = json.loads(run.artifact("teacher", "config").read_text(encoding="utf-8")).get("processors") or {}
     texts = [m for m in names if data.modalities[m].kind == "text"]
     missing = [m for m in texts if m not in teacher]
     if not texts or missing:
@@ -69,11 +67,8 @@ def _fit_student(run, recipe, data, names, label, targets, resume, progress, kd:
 
     student, options, specs = build_student(recipe, data, names)
     d = recipe.distill
-    if kd and teacher_processors:  # the teacher's tokens: start from its own (PCA-projected) token embeddings
-        job_init = init_text_embeddings(student, targets.teacher, getattr(data, "params", None) or {},
-                                        teacher_processors)
-    else:
-        job_init = {}
+    own = getattr(data, "params", None)  # the teacher's tokens: start from its own (PCA-projected) embeddings
+    text_init = init_text_embeddings(student, targets.teacher, own, teacher_processors or {}) if kd and own else {}
     job = Job(student, names, d, distill_seed(recipe), run.stage_dir("distill") / label / "checkpoint.pt", label,
               fingerprint=fingerprint)
     if kd:
@@ -91,26 +86,28 @@ def _fit_student(run, recipe, data, names, label, targets, resume, progress, kd:
         with atomic_path(run.stage_dir("distill") / label / "projectors.safetensors") as tmp:
             save_file(job.projectors.state_dict(), str(tmp))
         files["projectors"] = run.stage_dir("distill") / label / "projectors.safetensors"
-    return student, history, files, job_init
+    return student, history, files, text_init
 
 
 def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dict:
     r = run.recipe
     with threads(r.threads):
         teacher_w, teacher_c = run.artifact("teacher", "weights"), run.artifact("teacher", "config")
-        teacher, _ = load_model(run, "teacher")
+        teacher, teacher_config = load_model(run, "teacher")
+        teacher_processors = teacher_config.get("processors") or {}
         data = load_dataset(r, data_root)
         check_data(run, "teacher", data)
         teacher_names = list(teacher.names)
         names = student_modalities(r, data)
-        processors = student_processors(run, r, data, names)
+        processors = student_processors(r, data, names, teacher_processors)
         sdata = TeacherView(data, processors, suffix="") if processors else data  # the student's own inputs
         started = run.begin("distill")
-        fingerprint = f"{recipe_hash(r)}:{data.fingerprint()}:{sha256_file(teacher_w)}"
+        teacher_sha = sha256_file(teacher_w)
+        fingerprint = f"{recipe_hash(r)}:{data.fingerprint()}:{teacher_sha}"
 
         cache_dir = None
         if r.distill.cache:
-            cache_dir = run.path / "cache" / f"teacher-{sha256_file(teacher_w)[:12]}-{data.fingerprint()}"
+            cache_dir = run.path / "cache" / f"teacher-{teacher_sha[:12]}-{data.fingerprint()}"
         targets = TeacherTargets(teacher, teacher_names, teacher_data(run, data), cache_dir)
         t0 = time.time()
         targets.prepare(data.num_pairings)
@@ -118,7 +115,7 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
 
         student, history, files, text_init = _fit_student(
             run, r, sdata, names, "student", targets, resume, progress, kd=True, fingerprint=fingerprint,
-            teacher_processors=json.loads(teacher_c.read_text(encoding="utf-8")).get("processors"))
+            teacher_processors=teacher_processors)
         test = sdata.split("test")
         result = evaluate(student, test, names, data.classes)
         teacher_acc = run.stage("teacher")["metrics"]["accuracy"]

@@ -54,9 +54,12 @@ def plan(recipe, data) -> Plan:
     for m, source in out.sources.items():
         if not source.get("pretrained"):
             continue
-        kind, where = data.modalities[m].kind, f"recipe.teacher.{'pretrained' if t.pretrained else f'encoders.{m}.pretrained'}"
-        p = processor_params(kind, resolve_dir(source["pretrained"], where, source.get("sha256")), where,
-                             source.get("max_length"), seconds)
+        whole = "tower" in source or "auto_class" in source
+        kind, where = data.modalities[m].kind, f"recipe.teacher.{'pretrained' if whole else f'encoders.{m}.pretrained'}"
+        # resolved and its pins checked once, here: later loads read the directory without re-hashing it
+        path = resolve_dir(source["pretrained"], where, source.pop("sha256", None))
+        source["pretrained"] = str(path)
+        p = processor_params(kind, path, where, source.get("max_length"), seconds)
         out.processors[m] = p
         source.update({"pad_id": p["pad_id"], "pad_is_eos": p.get("pad_is_eos", False)} if kind == "text"
                       else {"native": True})
@@ -75,7 +78,7 @@ def _whole_model(t, data, out: Plan) -> None:
             config = AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"{where}: cannot read {path / 'config.json'} ({str(e).splitlines()[0][:160]})") from None
-    source = {"pretrained": t.pretrained, "sha256": t.sha256}
+    source = {"pretrained": str(path)}  # its pins were checked just above
     found = classifier_kind(config)
     if found:
         kind, auto = found
@@ -178,7 +181,7 @@ def _frozen_embeddings(run: RunDir, model, view, sources: dict, progress) -> tup
             continue
         p = view.params[modality_of(name)]
         source = sources[modality_of(name)]
-        src = resolve_dir(source["pretrained"], "recipe.teacher", source.get("sha256"))
+        src = Path(source["pretrained"])  # resolved and pin-checked by plan()
         what = json.dumps({k: v for k, v in p.items() if k != "source"}, sort_keys=True)
         key = sha256(f"{weights_sha256(src)}:{source.get('tower')}:{what}:{view.fingerprint()}".encode())
         cache = run.path / "cache" / f"embeddings-{key.hexdigest()[:16]}"
