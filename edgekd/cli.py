@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from edgekd import stages
+from edgekd.cli_device import register as _register_device
 from edgekd.errors import EdgekdError, UsageError
 
 app = typer.Typer(context_settings={"help_option_names": ["-h", "--help"]}, no_args_is_help=True,
@@ -152,13 +153,15 @@ def bench(source: Annotated[Path, typer.Argument(metavar="RUN_DIR_OR_BUNDLE", he
           block: Annotated[Optional[int], typer.Option("--block", min=1, help="Timed calls per model per interleaved round, after one untimed call (default: recipe bench.block, else 10; 1 = strict A B C rounds, no re-warm).")] = None,
           baseline: Annotated[Optional[Path], typer.Option("--baseline", help="A baseline bundle (e.g. main's) measured interleaved in the same run, as baseline/<model>, for regression gates.")] = None,
           record: Annotated[bool, typer.Option("--record", help="Record this bench as the run directory's bench stage (default: the pipeline's recorded bench is left alone).")] = False,
+          pick_default: Annotated[bool, typer.Option("--pick-default", help="Write this bench's per-backend default models into the bundle (the fastest student within --default-budget of the best).")] = False,
+          default_budget: Annotated[Optional[float], typer.Option("--default-budget", min=0, max=1, help="Accuracy (fraction, 0.01 = 1 point) a default may give up against the best student (default: recipe bench.default_budget, else 0.01).")] = None,
           data_root: DataRoot = None):
     """Measure latency (p50/p90/p95/p99 with confidence bounds, interleaved) and accuracy of every model on every backend."""
     _single_process("bench")
     from edgekd.contract import source_kind
 
     given = {"batches": _csv(batch, int, "--batch"), "threads": threads, "backends": _csv(backends),
-             "min_seconds": min_seconds, "max_seconds": max_seconds, "block": block}
+             "min_seconds": min_seconds, "max_seconds": max_seconds, "block": block, "default_budget": default_budget}
     kind = source_kind(source)
     if kind == "bundle" and record:
         raise UsageError("--record applies to a run directory; a bundle's bench is written to --out")
@@ -181,6 +184,11 @@ def bench(source: Annotated[Path, typer.Argument(metavar="RUN_DIR_OR_BUNDLE", he
     md = path.parent / "bench.md"
     typer.echo(md.read_text() if md.is_file() else "")
     typer.echo(f"bench JSON: {path}")
+    if pick_default:
+        from edgekd.benchmark.defaults import write_defaults
+
+        for line in write_defaults(path, source if kind == "bundle" else source / "bundle"):
+            typer.echo(line)
 
 
 @app.command()
@@ -327,6 +335,9 @@ def _join_torchrun() -> None:
         distributed.setup()
         if not distributed.is_main():
             sys.stdout = open(os.devnull, "w")
+
+
+_register_device(app)  # serve, triton
 
 
 def main(argv: list[str] | None = None) -> None:

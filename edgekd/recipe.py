@@ -273,6 +273,8 @@ class BenchConfig(Strict):
     max_seconds: float = Field(30.0, gt=0, description="Stop here even if the p90/p99 bounds are not tight yet.")
     block: int = Field(10, ge=1, description="Timed calls per model per interleaved round, after one untimed "
                        "call that re-warms its caches (1: strict A B C rounds).")
+    default_budget: float = Field(0.01, ge=0, le=1, description="Accuracy (fraction) the bundle's default model "
+                                  "may give up against the best student for speed (see docs/bench.md).")
 
     @field_validator("batches")
     @classmethod

@@ -15,6 +15,7 @@ from functools import cache, partial
 from pathlib import Path
 
 from edgekd.benchmark import runners, sysinfo
+from edgekd.benchmark.defaults import DEFAULT_BUDGET, pick_defaults
 from edgekd.benchmark.harness import Target, measure, skipped_result
 from edgekd.benchmark.plots import bench_plots
 from edgekd.benchmark.results import build_bench, to_markdown
@@ -152,12 +153,15 @@ def _open_torch(extras, backend, models, threads):
 
 def run_bench(bundle, *, batches=None, threads: int = 1, backends=None, models=None, out=None,
               extras: Extras | None = None, source: dict | None = None, progress=None, baseline=None,
-              **measure_opts) -> tuple[dict, dict[str, Path]]:
+              default_budget: float = DEFAULT_BUDGET, **measure_opts) -> tuple[dict, dict[str, Path]]:
     """Benchmark a bundle (a path or a loaded Bundle; None with extras.torch_models alone); returns
     (bench dict, {"json", "markdown", plots...: path}).
 
     `baseline` (a bundle, e.g. main's) adds its models as "baseline/<key>", measured interleaved
     with the candidate's in the same run, so a regression gate compares them under the same drift.
+
+    `default_budget`: bench["defaults"] names, per backend, the fastest bundle student within this
+    accuracy (fraction) of the best one (edgekd.benchmark.defaults); nothing is written to the bundle.
 
     Writes bench.json, bench.md and, where matplotlib is installed, latency_accuracy.png and
     latency_distribution.png into `out` (default: <bundle parent>/bench/<timestamp>/)."""
@@ -217,12 +221,15 @@ def run_bench(bundle, *, batches=None, threads: int = 1, backends=None, models=N
             close()
 
     settings = {"batches": batches, "threads": threads, "backends": names, "models": models, **opts,
+                "default_budget": default_budget,
                 "unavailable_backends": unavailable,
                 "test_data": test_from, "peak_method": "numpy float32 matmul 1024x1024, best of 5"
                 + ("; cuda: torch float32 matmul 4096x4096" if "cuda" in peak else "")}
     src = source or {"kind": "bundle", "path": str(bundle.path), "name": bundle.manifest.get("name")}
     bench = build_bench(results, env=sysinfo.environment(threads), peak=peak, source=src, settings=settings,
                         confidence=opts["confidence"])
+    if bundle is not None:
+        bench["defaults"] = pick_defaults(bench, bundle.models, default_budget)
     files = write_outputs(bench, out)
     files["inputs"] = used
     return bench, files

@@ -150,6 +150,9 @@ def to_markdown(bench: dict) -> str:
     if verdicts:
         lines += ["", "Does INT8 pay? (against the FP32 student, same backend and batch, paired rounds)", ""]
         lines += [f"- {v}" for v in verdicts]
+    if bench.get("defaults"):
+        lines += ["", "Which model ships (the fastest student within the accuracy budget, at the smallest batch):", ""]
+        lines += [f"- {d['why']}" for d in bench["defaults"].values()]
     skipped = [r for r in bench["results"] if r.get("skipped")]
     if skipped:
         lines += ["", "Not measured:", ""] + [f"- {r['model']} on {r['backend']} (batch {r['batch']}): {r['skipped']}"

@@ -32,7 +32,8 @@ FORMAT, VERSION = BUNDLE_FORMAT, 1
 MANIFEST = "manifest.json"
 META_FILES = ("io_spec.json", "preprocess.json", "labels.json")
 MODEL_SUFFIXES = (".onnx", ".engine", ".plan", ".trt")  # an unlisted one of these could be run by mistake
-DEFAULT_ORDER = ("student_int8_cpu", "student_fp32")
+DEFAULT_ORDER = ("student_int8_cpu", "student_fp32")  # until a bench decides (set_default_models)
+RUNNER_BACKENDS = {"onnxruntime": "onnxruntime-cpu"}  # a runner backend -> the bench backend it measures as
 ALLOWED = {"role": ("student", "teacher"), "precision": ("fp32", "int8"), "target": ("any", "cpu", "tensorrt")}
 FIX = "re-export with `edgekd export RUN_DIR`"
 
@@ -140,6 +141,26 @@ def add_model(bundle_dir: Path, key: str, file: Path, meta: dict, *,
     return dest
 
 
+def set_default_models(bundle_dir: Path, defaults: dict[str, dict]) -> dict:
+    """Record a bench's per-backend default models ({backend: {"model", "why", ...}}) in the bundle's
+    manifest; `default_model` becomes the onnxruntime-cpu choice where there is one. Only the
+    manifest changes (it lists no hash of itself), written beside and renamed over the old one."""
+    bundle = load_bundle(bundle_dir)  # never touch a bundle that no longer verifies
+    manifest = copy.deepcopy(bundle.manifest)
+    for backend, d in defaults.items():
+        if not isinstance(d, dict) or d.get("model") not in manifest["models"]:
+            raise BundleError(f"default model for {backend} is {d.get('model') if isinstance(d, dict) else d!r}, "
+                              f"not one of this bundle's models ({', '.join(manifest['models'])})")
+    manifest["default_models"] = {**manifest.get("default_models", {}), **copy.deepcopy(defaults)}
+    if "onnxruntime-cpu" in defaults:
+        manifest["default_model"] = defaults["onnxruntime-cpu"]["model"]
+    _check_manifest(manifest)
+    tmp = bundle.path / f".{MANIFEST}.tmp"
+    _write(tmp, _dumps(manifest))
+    os.replace(tmp, bundle.path / MANIFEST)
+    return manifest["default_models"]
+
+
 def _dumps(obj) -> str:
     def plain(o):  # numpy scalars/arrays that slipped into preprocess parameters
         if hasattr(o, "tolist"):
@@ -176,9 +197,18 @@ class Bundle:
     def default_model(self) -> str:
         return self.manifest["default_model"]
 
-    def resolve_key(self, key: str | None = None) -> str:
-        """`key`, or the default model; an unknown key names the ones this bundle has."""
-        key = key or self.default_model
+    def picked(self, backend: str | None) -> str | None:
+        """The model a bench picked for `backend` (a bench backend name, or the runner's
+        `onnxruntime` = onnxruntime-cpu): the fastest student within the accuracy budget there."""
+        entry = (self.manifest.get("default_models") or {}).get(RUNNER_BACKENDS.get(backend, backend)) or {}
+        return entry.get("model") if entry.get("model") in self.models else None
+
+    def default_for(self, backend: str | None = None) -> str:
+        return self.picked(backend) or self.default_model
+
+    def resolve_key(self, key: str | None = None, backend: str | None = None) -> str:
+        """`key`, or the default model (for `backend`); an unknown key names the ones this bundle has."""
+        key = key or self.default_for(backend)
         if key not in self.models:
             raise UsageError(f"unknown model '{key}': this bundle has {', '.join(self.models)} "
                              f"(default {self.default_model})")

@@ -33,7 +33,7 @@ def predict(bundle_dir, *, files: dict[str, str] | None = None, texts: dict[str,
     `files` maps image/audio modality names to a png/jpg or audio file path, `texts` maps text modalities
     to the string, `vectors` maps vector modalities to the numbers."""
     bundle = load_bundle(bundle_dir)
-    key = bundle.resolve_key(model)
+    key = bundle.resolve_key(model, backend)
     given = {"files": dict(files or {}), "texts": dict(texts or {}), "vectors": dict(vectors or {})}
     kinds = input_kinds(bundle)
     for channel, values in given.items():

@@ -8,7 +8,6 @@ tests/test_preprocess.py holds the log-mel to transformers.audio_utils' as the r
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 
@@ -60,22 +59,28 @@ def log_mel(samples: np.ndarray, p: dict) -> np.ndarray:
 AUDIO_FORMATS = "wav (PCM 8/16/24/32-bit, float 32/64-bit), FLAC, OGG/Vorbis, MP3, AIFF"
 
 
-def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """Mono float32 samples in [-1, 1] and the sample rate of an audio file, through libsndfile
-    (the soundfile package: wav of every PCM and float width, FLAC, OGG, MP3, AIFF). Integer PCM is
-    scaled by its full range (16-bit: / 32768), so 16-bit wavs read exactly as before."""
+def read_audio(path, max_seconds: float = 3600.0) -> tuple[np.ndarray, int]:
+    """Mono float32 samples in [-1, 1] and the sample rate of an audio file (a path or a binary
+    file object), through libsndfile (the soundfile package: wav of every PCM and float width, FLAC,
+    OGG, MP3, AIFF). Integer PCM is scaled by its full range (16-bit: / 32768), so 16-bit wavs read
+    exactly as before. Longer than `max_seconds` is refused before decoding (a compressed hour of
+    silence is a few kB on the wire and hundreds of MB decoded)."""
     import soundfile as sf
 
+    src = path if hasattr(path, "read") else str(path)
     try:
-        info = sf.info(str(path))
+        info = sf.info(src)
     except (sf.LibsndfileError, RuntimeError) as e:  # not audio, truncated header, unknown format
         raise ValueError(f"{_first_line(e)}; readable formats: {AUDIO_FORMATS}") from None
     if not 1 <= info.samplerate <= 1_000_000:  # 0 would divide by zero when resampling; absurd rates blow up memory
         raise ValueError(f"the file's header says sample rate {info.samplerate} Hz (expected 1 Hz to 1 MHz)")
-    if info.frames > 3600 * info.samplerate:  # an hour: beyond any clip a model sees, and a memory bomb
-        raise ValueError(f"the file is {info.frames / info.samplerate / 3600:.1f} h long; cut it to the clip the model needs")
+    if info.frames > max_seconds * info.samplerate:  # beyond any clip a model sees, and a memory bomb
+        raise ValueError(f"the file is {info.frames / info.samplerate:.0f} s long (at most {max_seconds:.0f} s); "
+                         "cut it to the clip the model needs")
+    if hasattr(src, "seek"):
+        src.seek(0)
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        data, rate = sf.read(src, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
         raise ValueError(f"{_first_line(e)}; readable formats: {AUDIO_FORMATS}") from None
     if data.shape[0] == 0:
@@ -101,8 +106,8 @@ def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
     return np.interp(t_out, np.arange(samples.shape[0]), samples).astype(np.float32)
 
 
-def audio_from_file(path: str | Path, p: dict) -> np.ndarray:
-    samples, rate = read_audio(path)
+def audio_from_file(path, p: dict, max_seconds: float = 3600.0) -> np.ndarray:
+    samples, rate = read_audio(path, max_seconds)
     return log_mel(resample(samples, rate, int(p["sample_rate"])), p)
 
 
@@ -139,11 +144,15 @@ def _resize_bilinear(img: np.ndarray, size: int) -> np.ndarray:
     return top * (1 - wy) + bot * wy
 
 
-def image_from_file(path: str | Path, p: dict) -> np.ndarray:
+def image_from_file(path, p: dict, max_pixels: int | None = None) -> np.ndarray:
+    """A png/jpg (a path or a binary file object) as the model's input; more than `max_pixels` is
+    refused from the header, before decoding (Pillow's own bomb limit is ~179 M pixels)."""
     from PIL import Image  # Pillow is a light, torch-free dependency of the runtime
 
     try:
         with Image.open(path) as im:
+            if max_pixels and im.size[0] * im.size[1] > max_pixels:
+                raise ValueError(f"image too large ({im.size[0]}x{im.size[1]} pixels, at most {max_pixels:,})")
             mode = "RGB" if int(p.get("channels", 1)) == 3 else "L"
             if p.get("alpha") == "white" and (im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info):
                 im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))

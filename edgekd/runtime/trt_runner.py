@@ -52,6 +52,7 @@ def engine_key(bundle, key: str | None) -> str:
     """The bundle's engine for `key`: the key itself when it is an engine, else an engine built from
     it (key None: from any model), preferring one built for this machine's TensorRT and GPU."""
     models = bundle.models
+    key = key or bundle.picked("tensorrt")
     if key is not None and models.get(bundle.resolve_key(key), {}).get("backend") == "tensorrt":
         return key
     engines = [k for k, m in models.items() if m.get("backend") == "tensorrt" and key in (None, m.get("source"))]

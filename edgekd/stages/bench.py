@@ -14,6 +14,7 @@ from pathlib import Path
 from edgekd.benchmark.bench import Extras, run_bench
 from edgekd.errors import DataError, RunDirError
 from edgekd.rundir import RunDir
+from edgekd.runtime.bundle import set_default_models
 
 # the PyTorch eager models a run directory can bench: key -> (model role, note)
 TORCH_MODELS = {"teacher_fp32": ("teacher", None), "student_fp32": ("student", None),
@@ -82,6 +83,9 @@ def bench_run_dir(run: RunDir, *, record: bool, data_root=None, out=None, progre
                    if json_path.is_relative_to(run.path.resolve()) else str(files["json"]),
                    "results": [{k: r[k] for k in CONTRACT} for r in bench["results"] if not r["skipped"]]}
         outputs = {k: v for k, v in files.items() if k != "inputs"}
+        if bench.get("defaults") and bundle is not None:  # the bundle serves what was measured fastest here
+            set_default_models(bundle, bench["defaults"])
+            metrics["default_models"] = {b: d["model"] for b, d in bench["defaults"].items()}
         run.record("bench", started=started, outputs=outputs, inputs=files["inputs"], metrics=metrics)
     return bench, files["json"]
 
@@ -90,9 +94,11 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
     b = run.recipe.bench
     run.begin("bench")
     bench_run_dir(run, record=True, data_root=data_root, batches=b.batches, threads=b.threads,
-                  backends=b.backends, min_seconds=b.min_seconds, max_seconds=b.max_seconds, block=b.block)
+                  backends=b.backends, min_seconds=b.min_seconds, max_seconds=b.max_seconds, block=b.block,
+                  default_budget=b.default_budget)
     return run.stage("bench")["metrics"]
 
 
 def summary(m: dict) -> str:
-    return f"bench: {m.get('bench_json')} (table: bench.md beside it)"
+    ships = ", ".join(f"{model} on {b}" for b, model in (m.get("default_models") or {}).items())
+    return f"bench: {m.get('bench_json')} (table: bench.md beside it)" + (f"; ships {ships}" if ships else "")

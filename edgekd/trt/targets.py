@@ -31,6 +31,14 @@ class Batch(Strict):
         return self
 
 
+class Serving(Strict):
+    """`edgekd serve` and Triton's dynamic batcher on this target (each overridable on the command line)."""
+
+    max_batch: int = Field(16, ge=1, description="Most requests the server runs as one batch.")
+    max_delay_ms: float = Field(2.0, ge=0, le=1000, description="Longest a request waits for others to join its batch.")
+    queue: int = Field(256, ge=1, description="Requests waiting at most; beyond it the server answers 503.")
+
+
 class Target(Strict):
     name: str = Field(pattern=NAME_PATTERN, description="Target name; equals the file name without .yaml.")
     description: str = Field("", description="One line for people.")
@@ -43,6 +51,7 @@ class Target(Strict):
     builder_optimization_level: int = Field(3, ge=0, le=5, description="TensorRT builder optimization level 0-5.")
     timing_cache: Literal["per-device", "none"] = Field(
         "per-device", description="per-device: load and save a timing cache per target and GPU; none: no cache.")
+    serve: Serving = Field(default_factory=Serving, description="Dynamic batching of `edgekd serve` and Triton.")
 
     @model_validator(mode="after")
     def _dla(self):
