@@ -32,6 +32,8 @@ def serve(bundle: Annotated[Path, typer.Argument(help="A bundle directory (runs/
           max_body_mib: Annotated[float, typer.Option("--max-body-mib", min=0.001, help="Largest request body accepted.")] = 16.0,
           read_timeout: Annotated[float, typer.Option("--read-timeout", min=0.1, help="Seconds a client has to send its body.")] = 10.0,
           token_env: Annotated[str, typer.Option("--token-env", help="Environment variable holding a bearer token; when set, /v1/* and /metrics require it.")] = TOKEN_ENV,
+          drift_window: Annotated[int, typer.Option("--drift-window", min=10, help="Recent samples the drift PSI is computed over.")] = 1000,
+          drift_min_samples: Annotated[int, typer.Option("--drift-min-samples", min=10, help="Samples before a drift PSI is reported.")] = 300,
           debug: Annotated[bool, typer.Option("--debug", help="Log every request and full tracebacks.")] = False):
     """Serve a bundle over HTTP: /v1/predict (dynamic batching), /v1/model, /healthz, /readyz, /metrics (Prometheus)."""
     try:
@@ -45,11 +47,41 @@ def serve(bundle: Annotated[Path, typer.Argument(help="A bundle directory (runs/
                         max_batch=max_batch or d.max_batch, queue=queue or d.queue,
                         max_delay_ms=d.max_delay_ms if max_delay_ms is None else max_delay_ms,
                         max_body_bytes=int(max_body_mib * 2**20), read_timeout_s=read_timeout,
-                        token=os.environ.get(token_env) or None, debug=debug or os.environ.get("EDGEKD_DEBUG") == "1")
-    typer.echo(f"edgekd serve: loading {bundle}; http://{host}:{port} once warmed "
-               f"(bearer token {'required' if settings.token else 'off'})", err=True)
+                        token=os.environ.get(token_env) or None, drift_window=drift_window,
+                        drift_min_samples=min(drift_min_samples, drift_window), debug=debug or os.environ.get("EDGEKD_DEBUG") == "1")
     run_server(bundle, settings, host=host, port=port)
+
+
+def triton(bundle: Annotated[Path, typer.Argument(help="A bundle directory (runs/<name>/bundle).")],
+           out: Annotated[Path, typer.Argument(help="The Triton model repository to write (a new or earlier `edgekd triton` folder).")],
+           models: Annotated[Optional[str], typer.Option("--models", help="Comma list of model keys (default: every model).")] = None,
+           target: Annotated[str, typer.Option("--target", help="Batch profile and batching delay from this target (export/targets/).")] = "x86-gpu",
+           max_batch_size: Annotated[Optional[int], typer.Option("--max-batch-size", min=0, help="max_batch_size of every model (default: the target's batch.max).")] = None,
+           max_queue_delay_us: Annotated[Optional[int], typer.Option("--max-queue-delay-us", min=0, help="dynamic_batching delay (default: the target's serve.max_delay_ms).")] = None,
+           force: Annotated[bool, typer.Option("--force", help="Replace a non-empty OUT that is not an earlier edgekd Triton repository.")] = False,
+           as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False):
+    """Write an NVIDIA Triton model repository from a bundle: one model per ONNX model and engine, config.pbtxt from the graphs."""
+    import json
+
+    from edgekd.runtime.triton import write_repository
+    from edgekd.trt.targets import load_target
+
+    tgt = load_target(target)
+    delay = max_queue_delay_us if max_queue_delay_us is not None else int(round(tgt.serve.max_delay_ms * 1000))
+    summary = write_repository(bundle, out, models=[m for m in (models or "").split(",") if m] or None, target=tgt,
+                               max_batch_size=max_batch_size, max_queue_delay_us=delay, force=force)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    for key, m in summary["models"].items():
+        typer.echo(f"{key:<22} {m['platform']:<16} {m['kind']:<9} max_batch_size {m['max_batch_size']}")
+    for note in summary.get("notes", []):
+        typer.echo(f"note: {note}")
+    typer.echo(f"repository: {summary['out']}\nrun it: docker run --rm -p8000:8000 -p8001:8001 -p8002:8002 "
+               f"-v {Path(summary['out']).resolve()}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 "
+               "tritonserver --model-repository=/models")
 
 
 def register(app: typer.Typer) -> None:
     app.command()(serve)
+    app.command()(triton)

@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import signal
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -73,9 +74,12 @@ class Service:
         self.decoder = Decoder(self.bundle, list(self.runner.input_names), s.limits)
         self.output = "logits" if "logits" in self.runner.output_names else self.runner.output_names[0]
         self.metrics = Metrics(self.bundle.labels, list(self.decoder.kinds), self.key, self.bundle.manifest.get("name", ""))
+        self.confidence_drift = False
         self.monitor = self._monitor()
         self.batcher: Batcher | None = None
         self.ready = False
+        for kind in set(self.decoder.kinds.values()) & {"image", "audio"}:  # their decoders' imports: not on request 1
+            __import__("PIL.PngImagePlugin" if kind == "image" else "soundfile")
         manifest = (self.bundle.path / "manifest.json").read_bytes()
         self.bundle_sha256 = hashlib.sha256(manifest).hexdigest()
 
@@ -85,6 +89,9 @@ class Service:
         from edgekd.runtime.drift import DriftMonitor, read_reference
 
         ref = read_reference(self.bundle.path / "drift.json")
+        # confidence is a model's own: the reference's is the student's (INT8 and FP32 agree), not the teacher's
+        roles = {self.bundle.models.get(k, {}).get("role") for k in (ref.get("model"), self.key)}
+        self.confidence_drift = len(roles) == 1
         return DriftMonitor(ref, window=self.settings.drift_window, min_samples=self.settings.drift_min_samples)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -95,7 +102,7 @@ class Service:
         self.metrics.observe_batch(probs, waits, model_s)
         if self.monitor is not None:
             try:
-                self.monitor.observe(stacked, probs.max(axis=1))
+                self.monitor.observe(stacked, probs.max(axis=1) if self.confidence_drift else None)
             except Exception as e:  # noqa: BLE001 -- monitoring must never fail the requests it watches
                 log.error("drift monitor: %s: %s", type(e).__name__, e)
 
@@ -259,8 +266,8 @@ def build_app(bundle_dir, settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app):
         await svc.start()
-        log.warning("edgekd serve: model %s of bundle %s ready (batches of up to %d, waiting at most %g ms)",
-                    svc.key, svc.bundle.path, settings.max_batch, settings.max_delay_ms)
+        log.warning("edgekd serve: ready (batches of up to %d requests, waiting at most %g ms)",
+                    settings.max_batch, settings.max_delay_ms)
         yield
         await svc.stop()
 
@@ -305,10 +312,27 @@ def serve(bundle_dir, settings: Settings, host: str = "127.0.0.1", port: int = 8
     import uvicorn
 
     logging.basicConfig(level=logging.INFO if settings.debug else logging.WARNING, format="%(message)s")
-    app = build_app(bundle_dir, settings)
+    app = build_app(bundle_dir, settings)  # a bad bundle or argument fails here, before anything is bound
+    svc = app.state.service
+    log.warning("edgekd serve: model %s of %s on http://%s:%d once warmed (bearer token %s)", svc.key, svc.bundle.path,
+                host, port, "required" if settings.token else "off")
     config = uvicorn.Config(app, host=host, port=port, lifespan="on", access_log=settings.debug,
                             log_level="info" if settings.debug else "warning",
                             # beyond the queue plus the requests being decoded: 503 before any memory is spent
                             limit_concurrency=settings.queue + 64, timeout_keep_alive=5,
                             timeout_graceful_shutdown=30)
-    uvicorn.Server(config).run()
+    _uvicorn_server()(config).run()
+
+
+def _uvicorn_server():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises a caught SIGTERM once drained, so the exit status would read "killed";
+            # a drained shutdown is a clean one: exit 0 (SIGINT still ends as an interrupt, 130)
+            if isinstance(getattr(self, "_captured_signals", None), list):
+                self._captured_signals[:] = [s for s in self._captured_signals if s != signal.SIGTERM]
+
+    return Server

@@ -118,6 +118,8 @@ def from_json(body: bytes, kinds: dict[str, str]) -> dict:
     """{"inputs": {"image": "<base64>", "text": "...", "vec": [1, 2]}} -> fields (files decoded)."""
     try:
         doc = json.loads(body)
+    except RecursionError:
+        raise RequestError(400, "JSON body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise RequestError(400, f"body is not valid JSON ({str(e)[:120]}): send {{\"inputs\": {{...}}}}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), dict):

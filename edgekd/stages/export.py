@@ -11,6 +11,7 @@ on the test split).
 from __future__ import annotations
 
 import copy
+import json
 import tempfile
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from edgekd.exporting.parity import Rung, accuracy, run_rung
 from edgekd.files import atomic_path, atomic_write_json, atomic_write_text
 from edgekd.models.student import inference_form
 from edgekd.rundir import RunDir
+from edgekd.runtime import drift
 from edgekd.runtime.bundle import write_bundle
 from edgekd.runtime.runner import OrtRunner
 from edgekd.stages.common import check_data, load_model, pct, student_data, teacher_data, threads
@@ -148,10 +150,36 @@ def bundle(run: RunDir, data, tests: dict, files, metrics, config, embed_dim: in
         with atomic_path(out) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, labels=labels.astype(np.int64), **{f"input.{m}": x for m, (x, _) in inputs.items()})
         extra["testset.npz"] = out
+    extra["drift.json"] = drift_reference(run, files, tests["student"])
     return write_bundle(run.path / "bundle", name=run.recipe.name, models=models, model_files=files,
                         io_spec=io_spec(config["modalities"], len(data.classes), embed_dim),
                         preprocess={m: p for m, (_, p) in inputs.items()},
                         labels=list(data.classes), extra_files=extra)
+
+
+def drift_reference(run: RunDir, files: dict[str, Path], student) -> Path:
+    """export/drift.json: the test split's input features and the default student's confidence,
+    binned, which `edgekd serve` compares live traffic against (docs/monitoring.md). The whole
+    split: it is sorted by label, so a prefix would be a class-skewed reference."""
+    split, pre = student
+    key = next(k for k in ("student_int8_cpu", "student_fp32") if k in files)
+    runner = OrtRunner(files[key], threads=run.recipe.threads)
+    try:
+        logits = np.concatenate([runner.run({n: x[i:i + 256] for n, x in split.inputs.items()})["logits"]
+                                 for i in range(0, len(split), 256)])
+    finally:
+        runner.close()
+    unk = {}
+    for name, p in pre.items():
+        if p.get("kind") == "text" and "tokenizer_json" in p:
+            from tokenizers import Tokenizer
+
+            token = json.loads(p["tokenizer_json"]).get("model", {}).get("unk_token")
+            if token and Tokenizer.from_str(p["tokenizer_json"]).token_to_id(token) is not None:
+                unk[name] = Tokenizer.from_str(p["tokenizer_json"]).token_to_id(token)
+    ref = drift.reference(split.inputs, {n: pre[n]["kind"] for n in split.inputs}, drift.max_softmax(logits),
+                          unk_ids=unk, model=key)
+    return atomic_write_json(run.stage_dir("export") / "drift.json", ref)
 
 
 # --------------------------------------------------------------------------- the stage
