@@ -561,3 +561,32 @@ def test_bench_ratios_pair_rounds_on_one_backend_so_shared_drift_cancels():
     assert paired["ci"][0] <= paired["value"] <= paired["ci"][1] and paired["ci"][1] - paired["ci"][0] < 1.0
     across = out["teacher_fp32 vs teacher_fp32 (torch-cpu vs onnxruntime-cpu, batch 1)"]
     assert "baseline p50 / model p50" in across["metric"]  # other backends: not paired
+
+
+def _row(model, backend, batch, p50, accuracy, n=20):
+    lat = [p50] * n
+    return {"model": model, "backend": backend, "batch": batch, "p50_ms": p50, "accuracy": accuracy, "samples": n,
+            "skipped": None, "latencies_ms": lat}
+
+
+def test_default_model_is_the_fastest_student_within_the_accuracy_budget():
+    from edgekd.benchmark.defaults import pick_defaults
+
+    models = {"student_fp32": {"role": "student", "target": "any"},
+              "student_int8_cpu": {"role": "student", "target": "cpu"},
+              "student_int8_qdq": {"role": "student", "target": "tensorrt"},
+              "teacher_fp32": {"role": "teacher", "target": "any"},
+              "student_int8_qdq_x86-gpu": {"role": "student", "target": "tensorrt", "backend": "tensorrt"}}
+    rows = [_row("student_fp32", "onnxruntime-cpu", 1, 0.10, 0.921), _row("student_int8_cpu", "onnxruntime-cpu", 1, 0.19, 0.921),
+            _row("student_int8_qdq", "onnxruntime-cpu", 1, 0.05, 0.921),  # TensorRT's model: never the CPU default
+            _row("teacher_fp32", "onnxruntime-cpu", 1, 0.01, 0.99),  # not a student
+            _row("student_fp32", "onnxruntime-cpu", 32, 0.5, 0.921), _row("student_int8_cpu", "onnxruntime-cpu", 32, 0.2, 0.921),
+            _row("student_int8_qdq_x86-gpu", "tensorrt", 1, 0.02, 0.92)]
+    d = pick_defaults({"results": rows}, models, budget=0.01)
+    assert d["onnxruntime-cpu"]["model"] == "student_fp32" and d["onnxruntime-cpu"]["batch"] == 1  # batch 1 decides
+    assert "1.90x faster" in d["onnxruntime-cpu"]["why"]
+    assert d["tensorrt"]["model"] == "student_int8_qdq_x86-gpu"
+    rows[0]["accuracy"] = 0.90  # FP32 faster but 2.1 points worse: outside the budget, INT8 ships
+    d = pick_defaults({"results": rows}, models, budget=0.01)
+    assert d["onnxruntime-cpu"]["model"] == "student_int8_cpu" and "below the best student" in d["onnxruntime-cpu"]["why"]
+    assert pick_defaults({"results": rows}, models, budget=0.05)["onnxruntime-cpu"]["model"] == "student_fp32"

@@ -1,5 +1,6 @@
 """The CLI end to end on a tiny recipe, and its error paths (exit code + one-line message)."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -88,6 +89,10 @@ def test_export_stage_records_the_parity_ladder_and_a_verified_bundle(tiny_run):
     bundle = load_bundle(tiny_run / "bundle")
     assert set(bundle.manifest["models"]) == keys and bundle.labels == [str(i) for i in range(10)]
     assert {i["name"] for i in bundle.io_spec["inputs"]} == {"image", "audio"}
+    from edgekd.runtime.drift import read_reference  # the reference `edgekd serve` watches drift against
+
+    ref = read_reference(bundle.path / "drift.json")
+    assert set(ref["inputs"]) == {"image", "audio"} and ref["model"] == "student_int8_cpu" and ref["n"] > 0
 
 
 def _raw_test_sample(run_dir, tmp_path, i=0):
@@ -114,9 +119,11 @@ def test_predict_from_raw_files_matches_the_exported_model_without_torch(tiny_ru
     code, out, err = cli(capsys, "predict", tiny_run / "bundle", "--image", png, "--audio", wav, "--json")
     assert code == 0, err
     result = json.loads(out)
-    assert result["model"] == "student_int8_cpu" and abs(sum(result["probabilities"].values()) - 1) < 1e-9
+    shipped = json.loads((tiny_run / "manifest.json").read_text())["stages"]["bench"]["metrics"]["default_models"]
+    assert result["model"] == shipped["onnxruntime-cpu"]  # the bench stage's measured choice, not a fixed one
+    assert result["model"] in ("student_int8_cpu", "student_fp32") and abs(sum(result["probabilities"].values()) - 1) < 1e-9
     test = data.split("test")
-    logits = OrtRunner(tiny_run / "export" / "student_int8_cpu.onnx").run(
+    logits = OrtRunner(tiny_run / "export" / f"{result['model']}.onnx").run(
         {k: v[:1] for k, v in test.inputs.items()})["logits"][0]
     assert result["label"] == data.classes[int(np.argmax(logits))]  # raw files -> numpy preprocessing -> same input
     probe = (BLOCK_TRAINING + "from edgekd.cli import main; "
@@ -180,6 +187,17 @@ def test_bench_report_and_gate_on_a_run(tiny_run, tmp_path, capsys):
     export = json.loads((tiny_run / "manifest.json").read_text())["stages"]["export"]["metrics"]
     row = next(r for r in rows if r["model"] == "student_fp32" and r["batch"] == 1)
     assert row["accuracy"] == export["student_fp32"]["accuracy"]  # accuracy through the same backend
+    pick = bench["defaults"]["onnxruntime-cpu"]  # the fastest student within 1 point of the best, measured
+    assert pick["model"] in {"student_fp32", "student_int8_cpu"} and pick["batch"] == 1
+    assert f"{pick['model']} ships on onnxruntime-cpu" in (out / "bench.md").read_text()
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_run / "bundle", copy)
+    code, stdout, err = cli(capsys, "bench", copy, "--batch", "1", "--models", "student_fp32,student_int8_qdq",
+                            "--min-seconds", "0.1", "--max-seconds", "0.5", "--out", tmp_path / "b2", "--pick-default")
+    assert code == 0 and "default model on onnxruntime-cpu: student_fp32" in stdout, err  # the QDQ model is TensorRT's
+    from edgekd.runtime.bundle import load_bundle
+
+    assert load_bundle(copy).default_model == "student_fp32" and load_bundle(copy).picked("onnxruntime") == "student_fp32"
     budget = tmp_path / "budget.yaml"
     budget.write_text("budgets:\n  - {name: acc, model: student_fp32, backend: onnxruntime-cpu, batch: 1, "
                       "metric: accuracy, min: 0.0}\n  - {name: slow, model: student_fp32, backend: onnxruntime-cpu, "

@@ -218,16 +218,20 @@ def build_app(bundle_dir, settings: Settings) -> Starlette:
         if ctype not in ("multipart/form-data", "application/json", "application/x-www-form-urlencoded"):
             raise RequestError(415, f"content type {ctype or 'none'!r} is not accepted: send multipart/form-data "
                                     "(files + fields) or application/json ({\"inputs\": {...}})")
-        body = await _read_body(request, settings.max_body_bytes, settings.read_timeout_s)
-        if ctype == "application/json":
-            fields = from_json(body, svc.decoder.kinds)
-        else:
-            request._body = body  # starlette's form parser reads the body already read, with our limits
-            fields = await from_form(request, svc.decoder.kinds)
-        for name in svc.decoder.kinds:
-            if name not in fields:
-                svc.metrics.missing.labels(input=name).inc()
-        inputs = await run_in_threadpool(svc.decoder.sample, fields)
+        svc.batcher.arriving += 1  # the batcher may wait for this one while it is read and decoded
+        try:
+            body = await _read_body(request, settings.max_body_bytes, settings.read_timeout_s)
+            if ctype == "application/json":
+                fields = from_json(body, svc.decoder.kinds)
+            else:
+                request._body = body  # starlette's form parser reads the body already read, with our limits
+                fields = await from_form(request, svc.decoder.kinds)
+            for name in svc.decoder.kinds:
+                if name not in fields:
+                    svc.metrics.missing.labels(input=name).inc()
+            inputs = await run_in_threadpool(svc.decoder.sample, fields)
+        finally:
+            svc.batcher.arriving -= 1
         try:
             done = await svc.batcher.submit(inputs)
         except QueueFull:

@@ -2,7 +2,8 @@
 at most `max_delay` for the first one's batch to fill, whichever comes first.
 
 Requests that arrive while the model runs are already queued when it finishes, so under load the
-batches fill without waiting; at one client the only cost is `max_delay`. The queue is bounded:
+batches fill without waiting. The batcher waits for more only while other requests are on their
+way (`arriving`: being read or decoded), so a lone client never pays `max_delay`. The queue is bounded:
 `submit` raises `QueueFull` at once (the server answers 503 with Retry-After) instead of holding
 memory for a backlog it cannot serve. The model runs in one dedicated thread, so the event loop
 keeps accepting and decoding requests meanwhile.
@@ -38,6 +39,7 @@ class Batcher:
         self._queue: asyncio.Queue = asyncio.Queue(maxsize=max(1, int(queue)))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekd-model")
         self._task: asyncio.Task | None = None
+        self.arriving = 0  # requests read or decoded right now (event-loop thread only): worth waiting for
 
     @property
     def depth(self) -> int:
@@ -79,7 +81,7 @@ class Batcher:
                     item = self._queue.get_nowait()
                 except asyncio.QueueEmpty:
                     left = deadline - time.perf_counter()
-                    if left <= 0:
+                    if left <= 0 or not self.arriving:
                         break
                     try:
                         item = await asyncio.wait_for(self._queue.get(), left)

@@ -164,8 +164,9 @@ def drift_reference(run: RunDir, files: dict[str, Path], student) -> Path:
     split, pre = student
     key = next(k for k in ("student_int8_cpu", "student_fp32") if k in files)
     runner = OrtRunner(files[key], threads=run.recipe.threads)
+    inputs = {n: split.inputs[n] for n in runner.input_names}  # a cross-modal student reads only some
     try:
-        logits = np.concatenate([runner.run({n: x[i:i + 256] for n, x in split.inputs.items()})["logits"]
+        logits = np.concatenate([runner.run({n: x[i:i + 256] for n, x in inputs.items()})["logits"]
                                  for i in range(0, len(split), 256)])
     finally:
         runner.close()
@@ -177,7 +178,7 @@ def drift_reference(run: RunDir, files: dict[str, Path], student) -> Path:
             token = json.loads(p["tokenizer_json"]).get("model", {}).get("unk_token")
             if token and Tokenizer.from_str(p["tokenizer_json"]).token_to_id(token) is not None:
                 unk[name] = Tokenizer.from_str(p["tokenizer_json"]).token_to_id(token)
-    ref = drift.reference(split.inputs, {n: pre[n]["kind"] for n in split.inputs}, drift.max_softmax(logits),
+    ref = drift.reference(inputs, {n: pre[n]["kind"] for n in inputs}, drift.max_softmax(logits),
                           unk_ids=unk, model=key)
     return atomic_write_json(run.stage_dir("export") / "drift.json", ref)
 
