@@ -189,6 +189,8 @@ def test_text_and_vector_fields(bundles):
         bad = s.client.post("/v1/predict", json={"inputs": {"text": "hi", "vector": [float("nan"), 1]}}
                             if False else {"inputs": {"text": "hi", "vector": "nan,1"}})
         assert bad.status_code == 422 and "finite" in bad.json()["error"]
+        long = s.client.post("/v1/predict", data={"text": "edge " * 5000, "vector": "1,2"})
+        assert long.status_code == 413 and "characters" in long.json()["error"]
     finally:
         assert s.stop()[0] == 0
 
@@ -236,6 +238,7 @@ HOSTILE = [
     ("truncated wav", dict(files={"image": ("a.png", None), "audio": ("a.wav", b"RIFF\x10\0\0\0WAVEfmt ")}), 422),
     ("decompression bomb", dict(files={"image": ("bomb.png", None), "audio": ("a.wav", None)}), 413),
     ("audio not audio", dict(files={"image": ("a.png", None), "audio": ("a.wav", b"\0" * 500)}), 422),
+    ("61 s of flac silence", dict(files={"image": ("a.png", None), "audio": ("long.flac", None)}), 413),
     ("duplicate part", dict(files=[("image", ("a.png", b"x")), ("image", ("b.png", b"x")), ("audio", ("a", b"x"))]),
      422),
     ("oversized body (content-length)", dict(files={"image": ("a.png", b"\0" * 300_000), "audio": ("a.wav", b"x")}),
@@ -250,10 +253,20 @@ HOSTILE = [
 ]
 
 
+def long_flac() -> bytes:
+    import soundfile as sf
+
+    b = io.BytesIO()
+    sf.write(b, np.zeros(61 * 8000, np.float32), 8000, format="FLAC")  # a few kB, 61 s once decoded
+    return b.getvalue()
+
+
 def _fill(kwargs: dict, good: dict, bomb: bytes) -> dict:
     files = kwargs.get("files")
+    special = {"bomb.png": bomb, "long.flac": long_flac() if isinstance(files, dict) and "audio" in files
+               and files["audio"][0] == "long.flac" else None}
     if isinstance(files, dict):  # None = the good file for that field (the other one is what is wrong)
-        files = {k: (v[0], bomb if v[0] == "bomb.png" else good[k][1] if v[1] is None else v[1]) for k, v in files.items()}
+        files = {k: (v[0], special.get(v[0]) or (good[k][1] if v[1] is None else v[1])) for k, v in files.items()}
         kwargs = {**kwargs, "files": files}
     return kwargs
 

@@ -11,6 +11,7 @@ keeps accepting and decoding requests meanwhile.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -100,7 +101,7 @@ class Batcher:
         waits = [started - t0 for _, _, t0 in batch]
         try:
             stacked = {n: np.stack([b[0][n] for b in batch]) for n in batch[0][0]}
-            outs, model_s = await loop.run_in_executor(self._executor, self._timed, stacked, waits)
+            outs, model_s = await loop.run_in_executor(self._executor, self._timed, stacked)
         except Exception as e:  # noqa: BLE001 -- every waiting request gets the error, the loop goes on
             for _, future, _ in batch:
                 if not future.done():
@@ -109,11 +110,16 @@ class Batcher:
         for i, (_, future, _) in enumerate(batch):
             if not future.done():
                 future.set_result(Done({k: v[i] for k, v in outs.items()}, waits[i], model_s, len(batch)))
+        if self.after_batch is not None:  # metrics and drift after the answers, in the model thread's queue
+            self._executor.submit(self._after, stacked, outs, waits, model_s)
 
-    def _timed(self, stacked, waits):
+    def _timed(self, stacked):
         t0 = time.perf_counter()
         outs = self.run(stacked)
-        model_s = time.perf_counter() - t0
-        if self.after_batch is not None:
-            self.after_batch(stacked, outs, waits, model_s)
-        return outs, model_s
+        return outs, time.perf_counter() - t0
+
+    def _after(self, *args) -> None:
+        try:
+            self.after_batch(*args)
+        except Exception as e:  # noqa: BLE001 -- bookkeeping must never stop the model thread
+            logging.getLogger("edgekd.serve").error("after a batch: %s: %s", type(e).__name__, e)
