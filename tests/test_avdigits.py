@@ -19,12 +19,14 @@ def _module_data_dir():
 
 
 def test_speaker_held_out_split_has_1000_test_clips_from_unseen_speakers(av):
-    test, train = av.split("test"), av.split("train")
-    assert len(test) == 1000 and len(train) == 2000
+    test, train, val = av.split("test"), av.split("train"), av.split("val")
+    assert len(test) == 1000 and len(train) == 1800 and len(val) == 200  # val: 10% of each digit's train clips
     test_speakers = {i.split("_")[1] for i in test.ids}
     train_speakers = {i.split("_")[1] for i in train.ids}
     assert test_speakers == {"lucas", "yweweler"} and not (test_speakers & train_speakers)
-    assert np.bincount(test.labels).tolist() == [100] * 10
+    assert {i.split("_")[1] for i in val.ids} <= train_speakers  # carved from the train speakers' clips
+    assert not {i.split("+")[0] for i in val.ids} & {i.split("+")[0] for i in train.ids}
+    assert np.bincount(test.labels).tolist() == [100] * 10 and np.bincount(val.labels).tolist() == [20] * 10
 
 
 def test_pairs_share_the_digit_and_train_test_images_are_disjoint(av):
@@ -34,6 +36,8 @@ def test_pairs_share_the_digit_and_train_test_images_are_disjoint(av):
         assert (digits[rows] == av.split(split).labels).all()
     train_imgs = set(np.concatenate([av.pairing("train", p) for p in range(av.num_pairings)]).tolist())
     assert not train_imgs & set(av.pairing("test").tolist())
+    val_imgs = set(av.pairing("val").tolist())  # its own image pool: disjoint from train and test
+    assert val_imgs and not val_imgs & train_imgs and not val_imgs & set(av.pairing("test").tolist())
 
 
 def _mnist(av):

@@ -379,10 +379,14 @@ def test_sigterm_drains_in_flight_requests(bundles):
 
     t = threading.Thread(target=slow_client)
     t.start()
-    time.sleep(0.5)
-    s.proc.send_signal(signal.SIGTERM)
-    t.join(30)
-    s.proc.wait(30)  # it exits by itself once the request is answered
+    try:
+        time.sleep(0.5)
+        s.proc.send_signal(signal.SIGTERM)
+        t.join(30)
+        s.proc.wait(30)  # it exits by itself once the request is answered
+    finally:
+        if s.proc.poll() is None:  # never leave a server behind a failed test
+            s.proc.kill()
     code, err = s.stop()
     assert results and results[0].status_code == 200, results and results[0].text
     assert code == 0 and "Traceback" not in err, err

@@ -96,6 +96,15 @@ class AVDigits:
             raise DataError("recipe.data.test_speakers holds out every speaker; leave at least one for training")
         self._index = {"train": np.flatnonzero(~is_test), "test": np.flatnonzero(is_test)}
         self._names = names
+        if cfg.val_fraction > 0:  # settings are chosen here, never on test: a seeded share of each digit's train clips
+            rng = np.random.default_rng([seed, 23])
+            train, val = [], []
+            for c in range(10):
+                mine = rng.permutation(self._index["train"][self._labels[self._index["train"]] == c])
+                k = int(round(cfg.val_fraction * len(mine)))
+                val.append(mine[:k])
+                train.append(mine[k:])
+            self._index["train"], self._index["val"] = np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
         # Audio: log-mel with scalar normalisation fitted on train clips only.
         params = audio_params(cfg.audio)
@@ -105,23 +114,27 @@ class AVDigits:
         params["mean"], params["std"] = float(train_mels.mean()), float(train_mels.std() + 1e-8)
         self._audio = ((mels - params["mean"]) / params["std"]).astype(np.float32)
 
-        # Images: disjoint per-class pools for train and test, optionally PCA-degraded.
+        # Images: disjoint per-class pools for train, val and test, optionally PCA-degraded.
         rng = np.random.default_rng([seed, 17])
-        pools = {"train": [], "test": []}
+        pools = {"train": [], "test": [], "val": []}
+        n_val = cfg.val_images_per_class if "val" in self._index else 0
         for c in range(10):
             idx = rng.permutation(np.flatnonzero(digits == c))
-            if len(idx) <= cfg.test_images_per_class:
-                raise DataError(f"recipe.data.test_images_per_class={cfg.test_images_per_class} leaves no train images")
+            held = cfg.test_images_per_class + n_val
+            if len(idx) <= held:
+                raise DataError(f"recipe.data.test_images_per_class={cfg.test_images_per_class} + val_images_per_class="
+                                f"{n_val} leave no train images of digit {c}; lower them")
             pools["test"].append(idx[: cfg.test_images_per_class])
-            pools["train"].append(idx[cfg.test_images_per_class :])
+            pools["val"].append(idx[cfg.test_images_per_class: held])  # drawn after test: test images stay as before
+            pools["train"].append(idx[held:])
         self._pool_idx = {s: [np.asarray(p) for p in v] for s, v in pools.items()}
         train_idx = np.concatenate(self._pool_idx["train"])
-        test_idx = np.concatenate(self._pool_idx["test"])
+        held_idx = np.concatenate(self._pool_idx["test"] + self._pool_idx["val"])
         self.pca_components = None
         images = pixels.copy()
         if cfg.image_pca_variance is not None and cfg.image_pca_variance < 1:
-            (tr, te), k = pca_degrade(pixels[train_idx], [pixels[test_idx]], cfg.image_pca_variance)
-            images[train_idx], images[test_idx] = tr, te
+            (tr, held), k = pca_degrade(pixels[train_idx], [pixels[held_idx]], cfg.image_pca_variance)
+            images[train_idx], images[held_idx] = tr, held
             self.pca_components = k
         self._images = images  # uint8 (5000, 28, 28)
         train_px = images[train_idx].astype(np.float64) / 255.0
@@ -146,11 +159,11 @@ class AVDigits:
         return self._fingerprint
 
     def pairing(self, split: str, pairing: int = 0) -> np.ndarray:
-        """MNIST row paired with each clip of `split` (test always uses pairing 0)."""
-        if split == "test":
+        """MNIST row paired with each clip of `split` (val and test always use pairing 0)."""
+        if split != "train":
             pairing = 0
         clips = self._index[split]
-        rng = np.random.default_rng([self.seed, 1 + pairing % self.num_pairings, 0 if split == "train" else 1])
+        rng = np.random.default_rng([self.seed, 1 + pairing % self.num_pairings, {"train": 0, "test": 1, "val": 2}[split]])
         out = np.empty(len(clips), dtype=np.int64)
         for c in range(10):
             mine = np.flatnonzero(self._labels[clips] == c)
@@ -163,7 +176,7 @@ class AVDigits:
 
     def split(self, name: str, pairing: int = 0) -> Split:
         if name not in self._index:
-            raise DataError(f"avdigits has no '{name}' split (it has train and test)")
+            raise DataError(f"avdigits has no '{name}' split (it has {', '.join(self._index)})")
         clips = self._index[name]
         img_rows = self.pairing(name, pairing)
         p = self.preprocess["image"]

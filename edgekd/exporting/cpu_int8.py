@@ -42,21 +42,31 @@ class _Reader:
 
 
 def _float_tail(model: Path) -> tuple[list[str], dict]:
-    """(nodes to leave float, quantize_static extra options). A Split whose outputs are the model's
-    outputs (the folded late-fusion tail) stays float: quantized, it costs a DequantizeLinear per
-    output. When every Gemm feeds only such a Split, Gemm outputs stay float too, so QGemm writes
-    float itself and no DequantizeLinear runs before the Split."""
+    """(nodes to leave float, quantize_static extra options).
+
+    - A Split whose outputs are the model's outputs (the folded late-fusion tail) stays float:
+      quantized, it costs a DequantizeLinear per output. When every Gemm feeds only such a Split,
+      Gemm outputs stay float too, so QGemm writes float itself and no DequantizeLinear runs first.
+    - 2-D convolutions (4-D weights: the image encoder) and LayerNormalization stay float. Timed node
+      by node (docs/int8-cpu-profile.md), onnxruntime's float NCHWc kernels beat QLinearConv on them
+      (a 1-channel stem 5-7x, 3x3 depthwise 1.6-2.6x) and the CPU provider has no integer
+      LayerNormalization; 1-D convolutions (text, audio) are 1.5-36x faster in INT8 and stay INT8.
+      Prototyped: image+text student 1.03-1.05x -> 1.30-1.35x FP32 at batch 1, image+audio
+      1.30-1.33x -> 1.64-1.69x, accuracy within 2 test samples."""
     import onnx
 
     graph = onnx.load(str(model)).graph
     outputs = {o.name for o in graph.output}
-    keep_float = [n.name for n in graph.node if n.op_type == "Split" and set(n.output) <= outputs]
+    tail = [n.name for n in graph.node if n.op_type == "Split" and set(n.output) <= outputs]
     extra = {"WeightSymmetric": True, "ActivationSymmetric": False}
     consumers = {t: {n.name for n in graph.node if t in n.input} for n in graph.node for t in n.output}
     gemms = [n for n in graph.node if n.op_type == "Gemm"]
-    if keep_float and all(consumers[g.output[0]] <= set(keep_float) for g in gemms):
+    if tail and all(consumers[g.output[0]] <= set(tail) for g in gemms):
         extra["OpTypesToExcludeOutputQuantization"] = ["Gemm"]
-    return keep_float, extra
+    init = {t.name: t for t in graph.initializer}
+    slow = [n.name for n in graph.node if n.op_type == "LayerNormalization"
+            or (n.op_type == "Conv" and len(n.input) > 1 and len(getattr(init.get(n.input[1]), "dims", ())) == 4)]
+    return tail + slow, extra
 
 
 def quantize_for_cpu(fp32: Path, out: Path, batches: list[dict[str, np.ndarray]], method: str = "minmax") -> Path:
