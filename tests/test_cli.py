@@ -60,6 +60,7 @@ def test_qat_stage_records_accuracies_budget_and_a_restorable_model(tiny_run):
     m = st["metrics"]
     assert st["status"] == "done" and m["method"] == "qad"
     assert {"fp32_accuracy", "ptq_accuracy", "accuracy", "qat_accuracy", "qad_accuracy"} <= set(m)
+    assert 0 < m["val_accuracy"] <= 1 and 0 < m["fp32_val_accuracy"] <= 1  # the validation split beside test
     assert m["accuracy"] == m["qad_accuracy"] and m["fp32_accuracy"] == json.loads(
         (tiny_run / "manifest.json").read_text())["stages"]["distill"]["metrics"]["accuracy"]
     assert [r["stage"].split(" ")[0] for r in m["budget"]] == ["teacher"] + ["student"] * 5

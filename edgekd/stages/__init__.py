@@ -43,7 +43,7 @@ STAGES: tuple[Stage, ...] = (
                    "kd_gain", "accuracy_without"),
           help="Distill the teacher into the student (and train the no-KD baseline)."),
     Stage("qat", ("qat",), trains=True,
-          metrics=("fp32_accuracy", "ptq_accuracy", "accuracy", "budget"),
+          metrics=("fp32_accuracy", "ptq_accuracy", "accuracy", "val_accuracy", "fp32_val_accuracy", "budget"),
           help="Quantize the distilled student to INT8 with ModelOpt: fold BatchNorm, calibrate (PTQ), then "
                "quantization-aware distillation (QAD) or plain QAT; prints the accuracy budget."),
     Stage("export", ("export",), trains=False,

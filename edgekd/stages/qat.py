@@ -29,7 +29,7 @@ from edgekd.quant.int8 import (
 )
 from edgekd.recipe import recipe_hash
 from edgekd.rundir import RunDir
-from edgekd.stages.common import check_data, load_model, pct, student_data, teacher_data, threads
+from edgekd.stages.common import check_data, load_model, pct, student_data, teacher_data, threads, val_accuracy
 
 
 def list_layers(run: RunDir) -> list[str]:
@@ -137,6 +137,9 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
             "fp32_accuracy": fp32_result["accuracy"],
             "ptq_accuracy": ptq_result["accuracy"],
             "accuracy": results[main]["accuracy"],
+            # settings are chosen on these, figures reported on test (None without a validation split)
+            "val_accuracy": val_accuracy(final, sdata, names),
+            "fp32_val_accuracy": val_accuracy(fp32, sdata, names),
             "qat_accuracy": results["qat"]["accuracy"] if "qat" in results else None,
             "qad_accuracy": results["qad"]["accuracy"] if "qad" in results else None,
             **{f"qad_{t}_accuracy": next((results[k]["accuracy"] for k, v in variants.items() if v == ("qad", t)), None)
@@ -189,7 +192,9 @@ def summary(m: dict) -> str:
              "qad_distill_accuracy": "QAD/cached teacher"}
     side = ", ".join(f"{v} {pct(m[k])}" for k, v in names.items() if m.get(k) is not None)
     lines = [f"qat: INT8 {m['method'].upper()} accuracy {pct(m['accuracy'])} (FP32 {pct(m['fp32_accuracy'])}, "
-             f"PTQ {pct(m['ptq_accuracy'])}; {side}); {m['quantizers_enabled']} quantizers",
+             f"PTQ {pct(m['ptq_accuracy'])}; {side}); {m['quantizers_enabled']} quantizers"
+             + (f"; val {pct(m['val_accuracy'])} (FP32 {pct(m['fp32_val_accuracy'])})"
+                if m.get("val_accuracy") is not None else ""),
              "  accuracy budget (test split):"]
     for row in m.get("budget", []):
         delta = "" if row["delta"] is None else f"  {100 * row['delta']:+.1f} pt vs {row['against']}"
