@@ -399,3 +399,23 @@ def test_serve_refuses_bad_arguments_in_one_line(bundles, tmp_path, capsys):
     assert code != 0 and err.strip().count("\n") == 0 and "no bundle" in err
     code, _, err = cli(capsys, "serve", bundles["av"], "--model", "nope")
     assert code != 0 and "unknown model 'nope'" in err and err.strip().count("\n") == 0
+
+
+def test_a_teachers_own_input_is_accepted_under_its_modality_name(tmp_path):
+    from onnx import TensorProto
+
+    from edgekd.runtime.bundle import load_bundle
+    from edgekd.serve.decode import Decoder
+
+    inputs = [("text__teacher", TensorProto.INT64, [5]), ("vector", TensorProto.FLOAT, [2])]
+    tok = {"kind": "text", "max_length": 5, "tokenizer_json": tokenizer().to_str()}
+    spec = {"inputs": [{"name": "text__teacher", "kind": "text", "dtype": "int64", "shape": ["batch", 5]},
+                       {"name": "vector", "kind": "vector", "dtype": "float32", "shape": ["batch", 2]}],
+            "outputs": io_spec(TV_INPUTS)["outputs"]}
+    dest = write_bundle(tmp_path / "b", name="t", models={"teacher_fp32": {**META, "role": "teacher"}},
+                        model_files={"teacher_fp32": TinyModel(inputs).save(tmp_path / "t.onnx")}, io_spec=spec,
+                        preprocess={"text__teacher": tok, "vector": VECTOR_P}, labels=LABELS)
+    d = Decoder(load_bundle(dest), ["text__teacher", "vector"])
+    assert d.field_kinds["text"] == "text"
+    x = d.sample({"text": "hello edge", "vector": "1,2"})
+    assert set(x) == {"text__teacher", "vector"} and x["text__teacher"].tolist()[:2] == [2, 3]

@@ -222,10 +222,10 @@ def build_app(bundle_dir, settings: Settings) -> Starlette:
         try:
             body = await _read_body(request, settings.max_body_bytes, settings.read_timeout_s)
             if ctype == "application/json":
-                fields = from_json(body, svc.decoder.kinds)
+                fields = from_json(body, svc.decoder.field_kinds)
             else:
                 request._body = body  # starlette's form parser reads the body already read, with our limits
-                fields = await from_form(request, svc.decoder.kinds)
+                fields = await from_form(request, svc.decoder.field_kinds)
             for name in svc.decoder.kinds:
                 if name not in fields:
                     svc.metrics.missing.labels(input=name).inc()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgekd.contract import TEACHER_SUFFIX
 from edgekd.errors import UsageError
 from edgekd.runtime import preprocess as pp
 from edgekd.runtime.predict import _tokenizer as bundle_tokenizer
@@ -52,6 +53,8 @@ class Decoder:
             if p.get("processor_class"):  # transformers code: not on a torch-free device
                 raise UsageError(f"input '{name}' is made by the teacher's own {p['processor_class']} (transformers), "
                                  "which the torch-free server does not run; serve a student model (--model)")
+        self.aliases = {n[: -len(TEACHER_SUFFIX)]: n for n in input_names
+                        if n.endswith(TEACHER_SUFFIX) and n[: -len(TEACHER_SUFFIX)] not in input_names}
         self.tokenizers = {}
         for name, kind in self.kinds.items():
             if kind == "text":
@@ -59,6 +62,15 @@ class Decoder:
 
     def fields(self) -> dict[str, str]:
         return {n: WHAT[k] for n, k in self.kinds.items()}
+
+    @property
+    def field_kinds(self) -> dict[str, str]:
+        """Kind of every accepted field name, aliases included."""
+        return {**self.kinds, **{a: self.kinds[n] for a, n in self.aliases.items()}}
+
+    def rename(self, given: dict) -> dict:
+        """A teacher's own input (`text__teacher`) may be sent under its modality's name (`text`)."""
+        return {self.aliases.get(k, k): v for k, v in given.items()}
 
     def check_names(self, given) -> None:
         missing = [n for n in self.kinds if n not in given]
@@ -74,6 +86,7 @@ class Decoder:
 
     def sample(self, given: dict) -> dict[str, np.ndarray]:
         """`given`: field -> bytes (image/audio), str (text), list/str of numbers (vector)."""
+        given = self.rename(given)
         self.check_names(given)
         return {n: self._one(n, self.kinds[n], given[n]) for n in self.kinds}
 
