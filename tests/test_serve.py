@@ -167,6 +167,8 @@ def test_endpoints(av_server, bundles):
     assert set(body["latency_ms"]) == {"total", "queue", "model"} and body["model"] == "student_fp32"
     as_json = {"inputs": {k: base64.b64encode(v[1]).decode() for k, v in files.items()}}
     assert c.post("/v1/predict", json=as_json).json()["probabilities"] == body["probabilities"]
+    mime = {"inputs": {k: base64.encodebytes(v[1]).decode() for k, v in files.items()}}  # 76-column lines
+    assert c.post("/v1/predict", json=mime).json()["probabilities"] == body["probabilities"]
     info = c.get("/v1/model").json()
     assert info["labels"] == LABELS and [i["name"] for i in info["inputs"]] == ["image", "audio"]
     assert len(info["bundle"]["manifest_sha256"]) == 64 and info["drift"]["reference"] is True
@@ -186,9 +188,13 @@ def test_text_and_vector_fields(bundles):
         assert r.status_code == 200, r.text
         j = s.client.post("/v1/predict", json={"inputs": {"text": "hello edge", "vector": [3, 0]}})
         assert j.json()["probabilities"] == r.json()["probabilities"]
-        bad = s.client.post("/v1/predict", json={"inputs": {"text": "hi", "vector": [float("nan"), 1]}}
-                            if False else {"inputs": {"text": "hi", "vector": "nan,1"}})
+        bad = s.client.post("/v1/predict", content=b'{"inputs": {"text": "hi", "vector": [NaN, 1]}}',
+                            headers={"content-type": "application/json"})
         assert bad.status_code == 422 and "finite" in bad.json()["error"]
+        huge = s.client.post("/v1/predict", content=b'{"inputs": {"text": "hi", "vector": [1' + b"0" * 400 + b', 1]}}',
+                             headers={"content-type": "application/json"})
+        assert huge.status_code == 422 and "too large" in huge.json()["error"]
+        assert s.client.post("/v1/predict", data={"text": "hi", "vector": "1e999999,1"}).status_code == 422
         long = s.client.post("/v1/predict", data={"text": "edge " * 5000, "vector": "1,2"})
         assert long.status_code == 413 and "characters" in long.json()["error"]
     finally:
@@ -238,6 +244,10 @@ HOSTILE = [
     ("truncated wav", dict(files={"image": ("a.png", None), "audio": ("a.wav", b"RIFF\x10\0\0\0WAVEfmt ")}), 422),
     ("decompression bomb", dict(files={"image": ("bomb.png", None), "audio": ("a.wav", None)}), 413),
     ("audio not audio", dict(files={"image": ("a.png", None), "audio": ("a.wav", b"\0" * 500)}), 422),
+    ("png with a broken chunk (Pillow: SyntaxError)", dict(files={"image": ("broken.png", None), "audio": ("a.wav", None)}),
+     422),
+    ("tiff: not a format the server decodes", dict(files={"image": ("x.tiff", None), "audio": ("a.wav", None)}), 422),
+    ("flac: 33 channels", dict(files={"image": ("a.png", None), "audio": ("wide.flac", None)}), 422),
     ("61 s of flac silence", dict(files={"image": ("a.png", None), "audio": ("long.flac", None)}), 413),
     ("duplicate part", dict(files=[("image", ("a.png", b"x")), ("image", ("b.png", b"x")), ("audio", ("a", b"x"))]),
      422),
@@ -253,6 +263,27 @@ HOSTILE = [
 ]
 
 
+def broken_png() -> bytes:
+    good = png_bytes(dark_image(np.random.default_rng(0)))
+    return good[:37] + bytes([good[37] ^ 0xFF]) + good[38:]  # IHDR's data changed, its CRC not
+
+
+def tiff_bytes() -> bytes:
+    from PIL import Image
+
+    b = io.BytesIO()
+    Image.fromarray(dark_image(np.random.default_rng(0))).save(b, "TIFF")
+    return b.getvalue()
+
+
+def wide_wav() -> bytes:
+    import soundfile as sf
+
+    b = io.BytesIO()
+    sf.write(b, np.zeros((80, 33), np.float32), 8000, format="WAV", subtype="PCM_16")
+    return b.getvalue()
+
+
 def long_flac() -> bytes:
     import soundfile as sf
 
@@ -263,8 +294,9 @@ def long_flac() -> bytes:
 
 def _fill(kwargs: dict, good: dict, bomb: bytes) -> dict:
     files = kwargs.get("files")
-    special = {"bomb.png": bomb, "long.flac": long_flac() if isinstance(files, dict) and "audio" in files
-               and files["audio"][0] == "long.flac" else None}
+    names = {v[0] for v in files.values()} if isinstance(files, dict) else set()
+    makers = {"long.flac": long_flac, "broken.png": broken_png, "x.tiff": tiff_bytes, "wide.flac": wide_wav}
+    special = {"bomb.png": bomb, **{n: f() for n, f in makers.items() if n in names}}
     if isinstance(files, dict):  # None = the good file for that field (the other one is what is wrong)
         files = {k: (v[0], special.get(v[0]) or (good[k][1] if v[1] is None else v[1])) for k, v in files.items()}
         kwargs = {**kwargs, "files": files}
@@ -356,6 +388,7 @@ def test_bearer_token(bundles):
         assert c.get("/metrics").status_code == 401
         assert c.get("/v1/model", headers={"authorization": "Bearer wrong"}).status_code == 401
         assert c.get("/v1/model", headers={"authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/v1/model", headers={"authorization": "bearer s3cret"}).status_code == 200  # scheme: any case
         assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200  # probes stay open
     finally:
         assert s.stop()[0] == 0

@@ -41,8 +41,10 @@ def pick_defaults(bench: dict, models: dict[str, dict], budget: float = DEFAULT_
         at = {r["model"]: r for r in here if r["batch"] == batch}
         known = [r["accuracy"] for r in at.values() if r.get("accuracy") is not None]
         best = max(known) if known else None
-        fits = {k: r for k, r in at.items() if best is None or r.get("accuracy") is None
-                or r["accuracy"] >= best - budget - 1e-12}
+        # without any accuracy (a device bench with no test set) the fastest ships, and says so;
+        # otherwise a model whose accuracy was not measured is not trusted over one that was
+        fits = {k: r for k, r in at.items() if best is None
+                or (r.get("accuracy") is not None and r["accuracy"] >= best - budget - 1e-12)}
         key = min(fits, key=lambda k: fits[k]["p50_ms"])
         pick = at[key]
         others = []
@@ -50,16 +52,18 @@ def pick_defaults(bench: dict, models: dict[str, dict], budget: float = DEFAULT_
             if k == key:
                 continue
             if k not in fits:
-                others.append(f"{k}: accuracy {_pct(r['accuracy'])}, more than {100 * budget:.1f} points below "
-                              f"the best student ({_pct(best)})")
+                others.append(f"{k}: accuracy {_pct(r.get('accuracy'))}, " + (
+                    "not measured" if r.get("accuracy") is None else
+                    f"more than {100 * budget:.1f} points below the best student ({_pct(best)})"))
                 continue
             # one bench times a batch size's targets in the same interleaved rounds: paired
             value, lo, hi, _ = speedup(pick["latencies_ms"], r["latencies_ms"], confidence, paired=True)
             ci = "" if lo is None else f" (CI {lo:.2f}-{hi:.2f})"
             others.append(f"{k}: {pick['model']} is {value:.2f}x faster{ci}, accuracy {_pct(r.get('accuracy'))}")
         why = (f"{key} ships on {backend}: the fastest student at batch {batch} (p50 {pick['p50_ms']:.3g} ms, "
-               f"accuracy {_pct(pick.get('accuracy'))}) within {100 * budget:.1f} points of the best student "
-               f"({_pct(best)})")
+               + (f"accuracy {_pct(pick.get('accuracy'))}) within {100 * budget:.1f} points of the best student "
+                  f"({_pct(best)})" if best is not None else
+                  "accuracy not measured: no test set here, so speed alone decided)"))
         if others:
             why += "; " + "; ".join(others)
         out[backend] = {"model": key, "batch": batch, "p50_ms": pick["p50_ms"], "accuracy": pick.get("accuracy"),

@@ -33,7 +33,8 @@ def predict(bundle_dir, *, files: dict[str, str] | None = None, texts: dict[str,
     `files` maps image/audio modality names to a png/jpg or audio file path, `texts` maps text modalities
     to the string, `vectors` maps vector modalities to the numbers."""
     bundle = load_bundle(bundle_dir)
-    key = bundle.resolve_key(model, backend)
+    # TensorRT without --model: the engine search (the pick where it fits this GPU, else a compatible engine)
+    key = model if backend == "tensorrt" else bundle.resolve_key(model, backend)
     given = {"files": dict(files or {}), "texts": dict(texts or {}), "vectors": dict(vectors or {})}
     kinds = input_kinds(bundle)
     for channel, values in given.items():
@@ -44,6 +45,7 @@ def predict(bundle_dir, *, files: dict[str, str] | None = None, texts: dict[str,
                 article = "an" if kinds[name][0] in "aeiou" else "a"
                 raise UsageError(f"--{name} is {article} {kinds[name]} input: give it as {_describe(kinds[name])}")
     runner = make_runner(bundle, key, backend=backend, threads=threads)
+    key = getattr(runner, "key", None) or bundle.resolve_key(key)
     try:
         needed = runner.input_names
         supplied = {n: v for values in given.values() for n, v in values.items()}

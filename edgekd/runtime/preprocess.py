@@ -59,12 +59,13 @@ def log_mel(samples: np.ndarray, p: dict) -> np.ndarray:
 AUDIO_FORMATS = "wav (PCM 8/16/24/32-bit, float 32/64-bit), FLAC, OGG/Vorbis, MP3, AIFF"
 
 
-def read_audio(path, max_seconds: float = 3600.0) -> tuple[np.ndarray, int]:
+def read_audio(path, max_seconds: float = 3600.0, seconds: float | None = None) -> tuple[np.ndarray, int]:
     """Mono float32 samples in [-1, 1] and the sample rate of an audio file (a path or a binary
     file object), through libsndfile (the soundfile package: wav of every PCM and float width, FLAC,
     OGG, MP3, AIFF). Integer PCM is scaled by its full range (16-bit: / 32768), so 16-bit wavs read
     exactly as before. Longer than `max_seconds` is refused before decoding (a compressed hour of
-    silence is a few kB on the wire and hundreds of MB decoded)."""
+    silence is a few kB on the wire and hundreds of MB decoded); `seconds` decodes only that much
+    from the start (what a model that cuts clips uses anyway)."""
     import soundfile as sf
 
     src = path if hasattr(path, "read") else str(path)
@@ -74,13 +75,18 @@ def read_audio(path, max_seconds: float = 3600.0) -> tuple[np.ndarray, int]:
         raise ValueError(f"{_first_line(e)}; readable formats: {AUDIO_FORMATS}") from None
     if not 1 <= info.samplerate <= 1_000_000:  # 0 would divide by zero when resampling; absurd rates blow up memory
         raise ValueError(f"the file's header says sample rate {info.samplerate} Hz (expected 1 Hz to 1 MHz)")
+    if not 1 <= info.channels <= 32:  # each channel is decoded before the mono mix
+        raise ValueError(f"the file's header says {info.channels} channels (at most 32)")
+    if info.samplerate > 384_000:
+        raise ValueError(f"the file's header says sample rate {info.samplerate} Hz (at most 384 kHz)")
     if info.frames > max_seconds * info.samplerate:  # beyond any clip a model sees, and a memory bomb
         raise ValueError(f"the file is {info.frames / info.samplerate:.0f} s long (at most {max_seconds:.0f} s); "
                          "cut it to the clip the model needs")
     if hasattr(src, "seek"):
         src.seek(0)
     try:
-        data, rate = sf.read(src, dtype="float32", always_2d=True)
+        frames = -1 if seconds is None else int(np.ceil(seconds * info.samplerate)) + 1
+        data, rate = sf.read(src, frames=frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
         raise ValueError(f"{_first_line(e)}; readable formats: {AUDIO_FORMATS}") from None
     if data.shape[0] == 0:
@@ -107,7 +113,8 @@ def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
 
 
 def audio_from_file(path, p: dict, max_seconds: float = 3600.0) -> np.ndarray:
-    samples, rate = read_audio(path, max_seconds)
+    # only the clip the model sees is decoded (fit_length cuts the rest anyway)
+    samples, rate = read_audio(path, max_seconds, seconds=int(p["num_samples"]) / int(p["sample_rate"]))
     return log_mel(resample(samples, rate, int(p["sample_rate"])), p)
 
 
@@ -144,13 +151,14 @@ def _resize_bilinear(img: np.ndarray, size: int) -> np.ndarray:
     return top * (1 - wy) + bot * wy
 
 
-def image_from_file(path, p: dict, max_pixels: int | None = None) -> np.ndarray:
+def image_from_file(path, p: dict, max_pixels: int | None = None, formats: tuple[str, ...] | None = None) -> np.ndarray:
     """A png/jpg (a path or a binary file object) as the model's input; more than `max_pixels` is
-    refused from the header, before decoding (Pillow's own bomb limit is ~179 M pixels)."""
+    refused from the header, before decoding (Pillow's own bomb limit is ~179 M pixels);
+    `formats` limits which Pillow decoders may run (a server: no TIFF/PSD/EPS from strangers)."""
     from PIL import Image  # Pillow is a light, torch-free dependency of the runtime
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=formats) as im:
             if max_pixels and im.size[0] * im.size[1] > max_pixels:
                 raise ValueError(f"image too large ({im.size[0]}x{im.size[1]} pixels, at most {max_pixels:,})")
             mode = "RGB" if int(p.get("channels", 1)) == 3 else "L"

@@ -52,7 +52,14 @@ def engine_key(bundle, key: str | None) -> str:
     """The bundle's engine for `key`: the key itself when it is an engine, else an engine built from
     it (key None: from any model), preferring one built for this machine's TensorRT and GPU."""
     models = bundle.models
-    key = key or bundle.picked("tensorrt")
+    if key is None and bundle.picked("tensorrt"):  # a bench's pick, where it was built for this GPU/TensorRT
+        from edgekd.runtime.trt_env import current_env
+
+        try:
+            check_engine_compat(_build_json(bundle, bundle.picked("tensorrt")), current_env())
+            key = bundle.picked("tensorrt")
+        except BundleError:
+            pass
     if key is not None and models.get(bundle.resolve_key(key), {}).get("backend") == "tensorrt":
         return key
     engines = [k for k, m in models.items() if m.get("backend") == "tensorrt" and key in (None, m.get("source"))]
@@ -174,4 +181,6 @@ def open_bundle_engine(bundle, key: str | None = None) -> TrtRunner:
     """A TrtRunner for the bundle's engine for `key` (see engine_key), its build.json checked first."""
     _require_trt()
     k = engine_key(bundle, key)
-    return TrtRunner(bundle.path / bundle.models[k]["file"], _build_json(bundle, k))
+    runner = TrtRunner(bundle.path / bundle.models[k]["file"], _build_json(bundle, k))
+    runner.key = k  # the engine actually opened, for what a server reports
+    return runner

@@ -16,14 +16,16 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import os
 import signal
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import anyio
+import anyio.to_thread
 import numpy as np
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
@@ -38,6 +40,7 @@ from edgekd.serve.metrics import Metrics
 
 log = logging.getLogger("edgekd.serve")
 ROUTES = ("/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics")
+INLINE_BYTES = 64 * 1024  # bodies up to this size may be decoded on the event loop when alone
 
 
 @dataclass
@@ -69,8 +72,17 @@ class Service:
     def __init__(self, bundle_dir, settings: Settings):
         self.settings = s = settings
         self.bundle = load_bundle(bundle_dir)
-        self.key = self.bundle.resolve_key(s.model, s.backend)
-        self.runner = make_runner(self.bundle, self.key, backend=s.backend, threads=s.threads)
+        # TensorRT without --model: the engine search (the bench's pick where it fits this GPU)
+        key = s.model if s.backend == "tensorrt" else self.bundle.resolve_key(s.model, s.backend)
+        self.runner = make_runner(self.bundle, key, backend=s.backend, threads=s.threads)
+        self.key = getattr(self.runner, "key", None) or self.bundle.resolve_key(key)  # what actually runs
+        limits = [hi for _, hi in getattr(self.runner, "_batch", {}).values()]  # an engine's batch profile
+        if limits and s.max_batch > min(limits):
+            log.warning("edgekd serve: --max-batch %d exceeds engine %s's profile; batches of at most %d",
+                        s.max_batch, self.key, min(limits))
+            s.max_batch = min(limits)
+        # decoding a stranger's file can take a core for a while: at most this many at once
+        self.limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
         self.decoder = Decoder(self.bundle, list(self.runner.input_names), s.limits)
         self.output = "logits" if "logits" in self.runner.output_names else self.runner.output_names[0]
         self.metrics = Metrics(self.bundle.labels, list(self.decoder.kinds), self.key, self.bundle.manifest.get("name", ""))
@@ -82,6 +94,14 @@ class Service:
             __import__("PIL.PngImagePlugin" if kind == "image" else "soundfile")
         manifest = (self.bundle.path / "manifest.json").read_bytes()
         self.bundle_sha256 = hashlib.sha256(manifest).hexdigest()
+
+    async def offload(self, fn, *args):
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    def stopping(self) -> None:
+        """SIGTERM arrived: /readyz answers 503 at once, while in-flight requests drain."""
+        self.ready = False
+        self.metrics.ready.set(0)
 
     def _monitor(self):
         if "drift.json" not in self.bundle.manifest["files"]:
@@ -190,8 +210,8 @@ def build_app(bundle_dir, settings: Settings) -> Starlette:
     def authorized(request) -> bool:
         if not settings.token:
             return True
-        given = request.headers.get("authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode())
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), settings.token.encode())
 
     def guarded(handler, protected: bool = True):
         async def endpoint(request):
@@ -218,21 +238,26 @@ def build_app(bundle_dir, settings: Settings) -> Starlette:
         if ctype not in ("multipart/form-data", "application/json", "application/x-www-form-urlencoded"):
             raise RequestError(415, f"content type {ctype or 'none'!r} is not accepted: send multipart/form-data "
                                     "(files + fields) or application/json ({\"inputs\": {...}})")
+        if svc.batcher.depth >= settings.queue:  # full: say so before reading and decoding anything
+            svc.metrics.rejected.labels(reason="queue_full").inc()
+            raise RequestError(503, f"the request queue is full ({settings.queue} waiting); retry after a second")
         svc.batcher.arriving += 1  # the batcher may wait for this one while it is read and decoded
         try:
             body = await _read_body(request, settings.max_body_bytes, settings.read_timeout_s)
+            # small and alone: parse and decode right here (a thread hop costs ~0.3 ms); otherwise in
+            # a bounded pool of worker threads, so the event loop keeps serving (health checks included)
+            inline = len(body) <= INLINE_BYTES and svc.batcher.arriving == 1 and not svc.batcher.depth
             if ctype == "application/json":
-                fields = from_json(body, svc.decoder.field_kinds)
+                fields = (from_json(body, svc.decoder.field_kinds) if inline
+                          else await svc.offload(from_json, body, svc.decoder.field_kinds))
             else:
                 request._body = body  # starlette's form parser reads the body already read, with our limits
-                fields = await from_form(request, svc.decoder.field_kinds)
+                fields = await from_form(request, svc.decoder.field_kinds, max_part_size=settings.max_body_bytes)
+            fields = svc.decoder.rename(fields)
             for name in svc.decoder.kinds:
                 if name not in fields:
                     svc.metrics.missing.labels(input=name).inc()
-            # alone, decode right here (a thread hop costs ~0.3 ms); with company, in worker threads, so
-            # the event loop keeps reading other requests meanwhile
-            inputs = (svc.decoder.sample(fields) if svc.batcher.arriving == 1 and not svc.batcher.depth
-                      else await run_in_threadpool(svc.decoder.sample, fields))
+            inputs = svc.decoder.sample(fields) if inline else await svc.offload(svc.decoder.sample, fields)
         finally:
             svc.batcher.arriving -= 1
         try:
@@ -328,15 +353,16 @@ def serve(bundle_dir, settings: Settings, host: str = "127.0.0.1", port: int = 8
                             # beyond the queue plus the requests being decoded: 503 before any memory is spent
                             limit_concurrency=settings.queue + 64, timeout_keep_alive=5,
                             timeout_graceful_shutdown=30)
-    _uvicorn_server()(config).run()
+    _uvicorn_server(svc)(config).run()
 
 
-def _uvicorn_server():
+def _uvicorn_server(svc: Service):
     import uvicorn
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
             super().handle_exit(sig, frame)
+            svc.stopping()
             # uvicorn re-raises a caught SIGTERM once drained, so the exit status would read "killed";
             # a drained shutdown is a clean one: exit 0 (SIGINT still ends as an interrupt, 130)
             if isinstance(getattr(self, "_captured_signals", None), list):

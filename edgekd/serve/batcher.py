@@ -94,7 +94,13 @@ class Batcher:
                 batch.append(item)
             batch = [b for b in batch if not b[1].done()]  # a client that went away was cancelled
             if batch:
-                await self._run(loop, batch)
+                try:
+                    await self._run(loop, batch)
+                except Exception as e:  # noqa: BLE001 -- the loop must outlive any one batch
+                    logging.getLogger("edgekd.serve").error("batch failed: %s: %s", type(e).__name__, e)
+                    for _, future, _ in batch:
+                        if not future.done():
+                            future.set_exception(e)
 
     async def _run(self, loop, batch) -> None:
         started = time.perf_counter()

@@ -35,6 +35,8 @@ class Limits:
     max_pixels: int = 4096 * 4096
     max_audio_seconds: float = 60.0
     max_text_chars: int = 20_000
+    # the decoders a stranger's bytes may reach (no TIFF/PSD/EPS...: less attack surface)
+    image_formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP")
 
 
 WHAT = {"image": "a png/jpg file", "audio": "an audio file (wav, flac, ogg, mp3)", "text": "a text string",
@@ -70,6 +72,9 @@ class Decoder:
 
     def rename(self, given: dict) -> dict:
         """A teacher's own input (`text__teacher`) may be sent under its modality's name (`text`)."""
+        both = [a for a, n in self.aliases.items() if a in given and n in given]
+        if both:
+            raise RequestError(422, f"field '{both[0]}' and '{self.aliases[both[0]]}' are the same input: send one")
         return {self.aliases.get(k, k): v for k, v in given.items()}
 
     def check_names(self, given) -> None:
@@ -106,11 +111,12 @@ class Decoder:
                 raise RequestError(422, f"field '{name}' must be {WHAT[kind]} (a file part, or base64 in JSON), "
                                         f"got {'nothing' if not value else type(value).__name__}")
             if kind == "image":
-                return pp.image_from_file(io.BytesIO(value), p, max_pixels=self.limits.max_pixels)
+                return pp.image_from_file(io.BytesIO(value), p, max_pixels=self.limits.max_pixels,
+                                          formats=self.limits.image_formats)
             return pp.audio_from_file(io.BytesIO(value), p, max_seconds=self.limits.max_audio_seconds)
         except RequestError:
             raise
-        except (OSError, EOFError, ValueError, TypeError, KeyError, RuntimeError) as e:
+        except Exception as e:  # noqa: BLE001 -- a stranger's bytes: any decoder failure (Pillow raises SyntaxError) is a 422
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
             status = 413 if "too large" in why or "long (at most" in why else 422
             raise RequestError(status, f"field '{name}' is not a readable {WHAT[kind]} ({why[:200]})") from None
@@ -120,11 +126,14 @@ def _numbers(name: str, value) -> list[float]:
     if isinstance(value, str):  # a form field: "0.5,1,2" or "[0.5, 1, 2]"
         try:
             value = [float(x) for x in value.strip().strip("[]").split(",") if x.strip()]
-        except ValueError:
+        except (ValueError, OverflowError):
             raise RequestError(422, f"field '{name}' must be comma-separated numbers, e.g. 0.5,1,2") from None
     if not isinstance(value, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
         raise RequestError(422, f"field '{name}' must be a list of numbers")
-    return [float(x) for x in value]
+    try:
+        return [float(x) for x in value]
+    except OverflowError:  # a 400-digit integer in JSON
+        raise RequestError(422, f"field '{name}' holds a number too large for float32") from None
 
 
 def from_json(body: bytes, kinds: dict[str, str]) -> dict:
@@ -142,18 +151,18 @@ def from_json(body: bytes, kinds: dict[str, str]) -> dict:
         if kinds.get(name) in ("image", "audio"):
             if not isinstance(value, str):
                 raise RequestError(422, f"field '{name}' must be a base64 string in JSON")
-            try:
-                value = base64.b64decode(value, validate=True)
+            try:  # MIME-style line breaks are allowed, anything else outside the alphabet is not
+                value = base64.b64decode(value.replace("\r", "").replace("\n", ""), validate=True)
             except (binascii.Error, ValueError):
                 raise RequestError(422, f"field '{name}' is not valid base64") from None
         out[name] = value
     return out
 
 
-async def from_form(request, kinds: dict[str, str], max_fields: int = 64) -> dict:
+async def from_form(request, kinds: dict[str, str], max_fields: int = 64, max_part_size: int = 16 * 2**20) -> dict:
     """A multipart (or urlencoded) form: files per image/audio field, text and vector as fields."""
     try:
-        form = await request.form(max_files=max_fields, max_fields=max_fields)
+        form = await request.form(max_files=max_fields, max_fields=max_fields, max_part_size=max_part_size)
     except Exception as e:  # noqa: BLE001 -- python-multipart and starlette raise several types for a bad body
         raise RequestError(400, f"malformed form body ({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})"
                                 "; send multipart/form-data with one part per input") from None
