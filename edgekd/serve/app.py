@@ -13,6 +13,7 @@ JSON {"error": "..."}; the process keeps serving and logs no traceback unless de
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import hmac
 import logging
@@ -133,6 +134,8 @@ class Service:
         for n in sorted({1, s.max_batch}):  # first calls allocate and pick kernels: not a client's cost
             await self.batcher.call(self._warm_inputs(n))
         self.batcher.start()
+        gc.collect()
+        gc.freeze()  # the model, tokenizers and imports are long-lived: the collector stops rescanning them
         self.ready = True
         self.metrics.ready.set(1)
 
