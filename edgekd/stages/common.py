@@ -38,6 +38,11 @@ def load_model(run, role: str):
     stage, weights, config = ROLES[role]
     if role == "baseline" and run.is_done("distill") and weights not in run.stage("distill")["outputs"]:
         raise UsageError("this run trained no baseline; set distill.baseline: true in the recipe and re-run distill")
+    if role == "student" and run.is_done("prune"):  # the pruned, recovered student replaces the distilled one
+        from edgekd.quant.prune import restore_pruned
+
+        model, cfg = distilled_student(run)
+        return restore_pruned(model, list(model.names), run.artifact("prune", "model")), {**cfg, "pruned": True}
     if role == "qat":
         from edgekd.quant.fold import fold_batchnorm
         from edgekd.quant.int8 import restore_quantized
@@ -46,6 +51,13 @@ def load_model(run, role: str):
         fold_batchnorm(model)
         return restore_quantized(model, run.artifact("qat", "model")).eval(), cfg
     return load_saved(run.artifact(stage, weights), run.artifact(stage, config))
+
+
+def distilled_student(run):
+    """(model, config) of the distill stage's student, pruned or not later."""
+    from edgekd.models.io import load_model as load_saved
+
+    return load_saved(run.artifact("distill", "weights"), run.artifact("distill", "config"))
 
 
 def check_data(run, stage: str, data) -> None:

@@ -1,0 +1,61 @@
+"""Channel pruning with NVIDIA ModelOpt FastNAS: the student wrapper ModelOpt traces, the search
+rules, and rebuilding a pruned student from its ModelOpt state (the prune stage writes it; qat,
+export and bench rebuild through `restore_pruned`)."""
+from __future__ import annotations
+
+import contextlib
+import io
+
+from edgekd.errors import CheckpointError
+
+
+@contextlib.contextmanager
+def quiet():
+    """ModelOpt prints search tables, progress bars and tracing warnings: none of it is the user's."""
+    import warnings
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def positional(model, names: list[str]):
+    """ModelOpt traces forward(*tensors); the student takes a dict and returns a ModelOutput."""
+    import torch
+
+    class Positional(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *xs):
+            return self.model(dict(zip(names, xs))).logits
+
+    return Positional()
+
+
+def fastnas_rules(divisor: int) -> dict:
+    """Conv channels in steps of `divisor` (BatchNorms too: they tie to their convolutions, and at
+    ModelOpt's default step of 32 the convolutions' choices collapse to it); Linear layers keep their
+    width, so the embedding the export's io_spec and the distill projectors rely on stays."""
+    ratios = tuple(round(0.05 * i, 2) for i in range(1, 21))
+    rules = {k: {"*": {"channels_ratio": ratios, "kernel_size": (), "channel_divisor": divisor}}
+             for k in ("nn.Conv1d", "nn.Conv2d")}
+    rules.update({k: {"*": {"features_ratio": ratios, "feature_divisor": divisor}}
+                  for k in ("nn.BatchNorm1d", "nn.BatchNorm2d")})
+    rules["nn.Linear"] = {"*": {"features_ratio": (1.0,)}}
+    return rules
+
+
+def restore_pruned(student, names: list[str], path):
+    """The distilled student rebuilt into the pruned architecture with the recovered weights."""
+    from edgekd.quant.int8 import modelopt
+
+    _, mto = modelopt()
+    try:
+        with quiet():
+            return mto.restore(positional(student, names), str(path), weights_only=True).model.eval()
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a ModelOpt pruning checkpoint of this student ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:160] if str(e) else ''}); re-run `edgekd prune`") from e
