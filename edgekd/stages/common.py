@@ -38,7 +38,7 @@ def load_model(run, role: str):
     stage, weights, config = ROLES[role]
     if role == "baseline" and run.is_done("distill") and weights not in run.stage("distill")["outputs"]:
         raise UsageError("this run trained no baseline; set distill.baseline: true in the recipe and re-run distill")
-    if role == "student" and run.is_done("prune"):  # the pruned, recovered student replaces the distilled one
+    if role == "student" and run.is_done("prune") and "model" in run.stage("prune")["outputs"]:  # the pruned, recovered student replaces the distilled one
         from edgekd.quant.prune import restore_pruned
 
         model, cfg = distilled_student(run)
