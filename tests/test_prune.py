@@ -89,3 +89,21 @@ def test_prune_without_a_validation_split_is_a_one_line_error(pruned_run, tmp_pa
     code, _, err = cli(capsys, "run", TINY, "--run-dir", copy, "-q", "--force", *PRUNE, "--set",
                        "data.val_fraction=0", "--until", "prune")
     assert code != 0 and "data.val_fraction" in err and err.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize("fusion", ["late", "concat", "attention"])  # gated: the module fixture above
+def test_every_fusion_variant_prunes_under_the_bound_and_exports(fusion, tmp_path):
+    if not os.environ.get("EDGEKD_DATA"):
+        pytest.skip("EDGEKD_DATA is not set (CI sets it to ../shared/data)")
+    from edgekd.cli import main
+
+    run_dir = tmp_path / "run"
+    try:
+        main(["run", str(TINY), "--run-dir", str(run_dir), "-q", *PRUNE, "--set", f"student.fusion={fusion}",
+              "--until", "export"])
+    except SystemExit as e:
+        assert not e.code
+    m = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    p = m["prune"]["metrics"]
+    assert p["flops"] <= 0.6 * p["flops_before"] and m["export"]["status"] == "done"
+    assert m["export"]["metrics"]["student_fp32"]["top1_agreement"] == 1.0  # the parity ladder on the pruned graph
