@@ -30,6 +30,12 @@ class Projectors(nn.Module):
         self.fused = nn.Linear(student_dim, teacher_dim)
         self.modality = nn.ModuleDict({m: nn.Linear(s, t) for m, (s, t) in modalities.items()})
 
+    @classmethod
+    def between(cls, student, names, targets) -> Projectors:
+        """The student's embedding to the teacher's, fused and per modality the targets carry."""
+        dim_s, dim_t = student.embed_dim, targets.teacher.embed_dim
+        return cls(dim_s, dim_t, {m: (dim_s, dim_t) for m in names if m in targets.modalities})
+
 
 def loss_weights(distill, qat=None, features: bool = True) -> dict:
     """The objective's weights for `distill_loss`: the distill section's, with the qat section's

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from edgekd import __version__
 from edgekd.contract import BUNDLE_FORMAT
 from edgekd.errors import BundleError, UsageError
-from edgekd.files import building_dir, sha256_file
+from edgekd.files import atomic_write_text, building_dir, sha256_file
 
 FORMAT, VERSION = BUNDLE_FORMAT, 1
 MANIFEST = "manifest.json"
@@ -155,9 +155,7 @@ def set_default_models(bundle_dir: Path, defaults: dict[str, dict]) -> dict:
     if "onnxruntime-cpu" in defaults:
         manifest["default_model"] = defaults["onnxruntime-cpu"]["model"]
     _check_manifest(manifest)
-    tmp = bundle.path / f".{MANIFEST}.tmp"
-    _write(tmp, _dumps(manifest))
-    os.replace(tmp, bundle.path / MANIFEST)
+    atomic_write_text(bundle.path / MANIFEST, _dumps(manifest))
     return manifest["default_models"]
 
 

@@ -62,11 +62,17 @@ def predict(bundle_dir, *, files: dict[str, str] | None = None, texts: dict[str,
     logits = np.asarray(out["logits"] if "logits" in out else out[runner.output_names[0]], np.float64)[0]
     if logits.shape != (len(bundle.labels),):
         raise BundleError(f"model {key} gives {logits.size} logits but labels.json has {len(bundle.labels)} labels; {FIX}")
-    e = np.exp(logits - logits.max())  # stable softmax, float64 so probabilities sum to 1 exactly enough
-    probs = e / e.sum()
+    probs = softmax(logits)
     index = int(probs.argmax())
     return {"model": key, "label": bundle.labels[index], "index": index,
             "probabilities": {label: float(p) for label, p in zip(bundle.labels, probs)}}
+
+
+def softmax(logits) -> np.ndarray:
+    """Probabilities over the last axis: stable, in float64 so they sum to 1 exactly enough."""
+    z = np.asarray(logits, np.float64)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def input_kinds(bundle) -> dict[str, str]:

@@ -136,11 +136,11 @@ def _batch_of(target) -> tuple[str, dict]:
 
 def _engine_batch(bundle, key: str) -> dict | None:
     """The batch profile an engine was built with (its build.json), the most a plan accepts."""
-    rel = bundle.models[key].get("build")
+    from edgekd.runtime.trt_runner import _build_json  # reads only a build.json the manifest lists
+
     try:
-        spec = json.loads((bundle.path / rel).read_text(encoding="utf-8"))["target_spec"]
-        return _batch_of(spec)[1]
-    except (TypeError, KeyError, OSError, ValueError, UsageError):
+        return _batch_of(_build_json(bundle, key)["target_spec"])[1]
+    except (BundleError, TypeError, KeyError, UsageError):
         return None
 
 

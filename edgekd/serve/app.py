@@ -34,6 +34,7 @@ from starlette.routing import Route
 
 from edgekd import __version__
 from edgekd.runtime.bundle import load_bundle
+from edgekd.runtime.predict import softmax
 from edgekd.runtime.runner import make_runner
 from edgekd.serve.batcher import Batcher, QueueFull
 from edgekd.serve.decode import Decoder, Limits, RequestError, from_form, from_json
@@ -59,12 +60,6 @@ class Settings:
     drift_window: int = 1000
     drift_min_samples: int = 300  # at 100, unshifted windows averaged PSI 0.10 (docs/monitoring.md)
     debug: bool = False
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, np.float64)
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 class Service:
@@ -161,9 +156,8 @@ class Service:
         specs = {i["name"]: i for i in self.bundle.io_spec.get("inputs", [])}
         s = self.settings
         return {"model": self.key, "backend": s.backend, "labels": self.bundle.labels,
-                "inputs": [{"name": n, "kind": k, "field": w, "dtype": specs.get(n, {}).get("dtype"),
-                            "shape": specs.get(n, {}).get("shape")} for n, (k, w) in
-                           ((n, (self.decoder.kinds[n], self.decoder.fields()[n])) for n in self.decoder.kinds)],
+                "inputs": [{"name": n, "kind": self.decoder.kinds[n], "field": what, "dtype": specs.get(n, {}).get("dtype"),
+                            "shape": specs.get(n, {}).get("shape")} for n, what in self.decoder.fields().items()],
                 "outputs": [o for o in self.bundle.io_spec.get("outputs", []) if o["name"] == self.output],
                 "bundle": {"name": self.bundle.manifest.get("name"), "created": self.bundle.manifest.get("created"),
                            "manifest_sha256": self.bundle_sha256, "edgekd_version": self.bundle.manifest.get("edgekd_version"),

@@ -72,9 +72,8 @@ def _fit_student(run, recipe, data, names, label, targets, resume, progress, kd:
     job = Job(student, names, d, distill_seed(recipe), run.stage_dir("distill") / label / "checkpoint.pt", label,
               fingerprint=fingerprint)
     if kd:
-        dim_s, dim_t = student.embed_dim, targets.teacher.embed_dim
         job.targets = targets
-        job.projectors = Projectors(dim_s, dim_t, {m: (dim_s, dim_t) for m in names if m in targets.modalities})
+        job.projectors = Projectors.between(student, names, targets)
         job.loss = loss_weights(d)
     history = train(job, data, resume, progress)
     files = save_model(student, run.stage_dir("distill") / label, role="student", name=recipe.student.name,

@@ -171,13 +171,14 @@ def drift_reference(run: RunDir, files: dict[str, Path], student) -> Path:
     finally:
         runner.close()
     unk = {}
-    for name, p in pre.items():
-        if p.get("kind") == "text" and "tokenizer_json" in p:
+    for name in inputs:
+        if pre[name].get("kind") == "text" and "tokenizer_json" in pre[name]:
             from tokenizers import Tokenizer
 
-            token = json.loads(p["tokenizer_json"]).get("model", {}).get("unk_token")
-            if token and Tokenizer.from_str(p["tokenizer_json"]).token_to_id(token) is not None:
-                unk[name] = Tokenizer.from_str(p["tokenizer_json"]).token_to_id(token)
+            tok = Tokenizer.from_str(pre[name]["tokenizer_json"])
+            token = json.loads(pre[name]["tokenizer_json"]).get("model", {}).get("unk_token")
+            if token and tok.token_to_id(token) is not None:
+                unk[name] = tok.token_to_id(token)
     ref = drift.reference(inputs, {n: pre[n]["kind"] for n in inputs}, drift.max_softmax(logits),
                           unk_ids=unk, model=key)
     return atomic_write_json(run.stage_dir("export") / "drift.json", ref)

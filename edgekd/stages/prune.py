@@ -18,9 +18,11 @@ import time
 from typing import TYPE_CHECKING
 
 from edgekd.errors import RecipeError, UsageError
+from edgekd.stages.common import pct
 
 if TYPE_CHECKING:
     from edgekd.rundir import RunDir
+
 
 def constraint(p) -> dict:
     """{"flops": ...} or {"params": ...} in ModelOpt's form ("50%" or an absolute number)."""
@@ -61,7 +63,6 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         student_data,
         teacher_data,
         threads,
-        val_accuracy,
     )
 
     with threads(r.threads):
@@ -77,16 +78,19 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         out = run.stage_dir("prune")
         val, test = sdata.split("val"), sdata.split("test")
         example = example_batch(sdata, names)
-        before = {"flops": count_flops(student, example), "params": count_params(student),
-                  "val_accuracy": val_accuracy(student, sdata, names),
-                  "accuracy": evaluate(student, test, names, data.classes)["accuracy"]}
-
         vx = tuple(torch.from_numpy(val.inputs[n]) for n in names)
 
-        def score(m) -> float:
+        def score(m) -> float:  # FastNAS's score: validation accuracy of the wrapped candidate
             m.eval()
             with torch.no_grad():
                 return float((m(*vx).argmax(1).numpy() == val.labels).mean())
+
+        def measure(m) -> dict:
+            return {"flops": count_flops(m, example), "params": count_params(m),
+                    "val_accuracy": round(score(positional(m, names)), 4),
+                    "accuracy": evaluate(m, test, names, data.classes)["accuracy"]}
+
+        before = measure(student)
 
         train_split = sdata.split("train", 0)
         order = np.random.default_rng([r.seed, 11]).permutation(len(train_split))
@@ -101,9 +105,7 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
                                           "checkpoint": str(out / "search.pth")})
         search_seconds = round(time.time() - t0, 1)
         model = pruned.model
-        after = {"flops": count_flops(model, example), "params": count_params(model),
-                 "val_accuracy": val_accuracy(model, sdata, names),
-                 "accuracy": evaluate(model, test, names, data.classes)["accuracy"]}
+        after = measure(model)
 
         # recovery: the distill objective against the cached teacher outputs, own epochs and lr
         teacher, _ = load_model(run, "teacher")
@@ -113,13 +115,12 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         targets.prepare(data.num_pairings)
         job = Job(model, names, p, r.seed, out / "checkpoint.pt", "prune", fingerprint=f"prune:{data.fingerprint()}")
         job.targets = targets
-        dim_s, dim_t = student.embed_dim, teacher.embed_dim
-        job.projectors = Projectors(dim_s, dim_t, {m: (dim_s, dim_t) for m in names if m in targets.modalities})
+        job.projectors = Projectors.between(model, names, targets)
         job.loss = loss_weights(r.distill)
         history = train(job, sdata, resume, progress)
         model.eval()
         result = evaluate(model, test, names, data.classes)
-        recovered = {"val_accuracy": val_accuracy(model, sdata, names), "accuracy": result["accuracy"]}
+        recovered = {"val_accuracy": round(score(positional(model, names)), 4), "accuracy": result["accuracy"]}
         _, mto = modelopt()
         with atomic_path(out / "student.pth") as tmp:
             mto.save(pruned, tmp)
@@ -145,7 +146,6 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
 def summary(m: dict) -> str:
     if m.get("skipped"):
         return f"prune: skipped ({m['skipped']})"
-    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
     return (f"prune: FLOPs {m['flops_before']:,} -> {m['flops']:,} ({pct(m['flops_ratio'])}), params "
             f"{m['params_before']:,} -> {m['params']:,}; test {pct(m['accuracy_before'])} -> {pct(m['accuracy_pruned'])} "
             f"pruned -> {pct(m['accuracy'])} recovered (val {pct(m['val_accuracy_before'])} -> "

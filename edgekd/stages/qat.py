@@ -169,8 +169,7 @@ def _qad_objective(run: RunDir, r, student, targets) -> tuple:
     if "projectors" not in run.stage("distill")["outputs"]:  # a run distilled before projectors were kept
         return None, loss_weights(r.distill, r.qat, features=False)
     loss = loss_weights(r.distill, r.qat)
-    dim_s, dim_t = student.embed_dim, targets.teacher.embed_dim
-    proj = Projectors(dim_s, dim_t, {m: (dim_s, dim_t) for m in student.names if m in targets.modalities})
+    proj = Projectors.between(student, student.names, targets)
     try:
         proj.load_state_dict(load_file(str(run.artifact("distill", "projectors"))))
     except (RuntimeError, OSError, ValueError) as e:
