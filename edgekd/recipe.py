@@ -122,28 +122,70 @@ class DistillConfig(Optim):
         return self
 
 
+BUDGET_BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-trt")
+
+
+def _percentage(where: str, v: str) -> None:
+    num = v[:-1] if isinstance(v, str) and v.endswith("%") else None
+    if num is None or not num.replace(".", "", 1).isdigit() or not 0 < float(num) < 100:
+        raise ValueError(f"{where}: {v!r} is not a percentage between 0 and 100 (e.g. 50%)")
+
+
+class LatencyBudget(Strict):
+    """The most accurate pruned student whose measured latency meets this budget."""
+
+    latency_ms: float = Field(gt=0, description="Budget in milliseconds per call (the whole batch).")
+    backend: str = Field("onnxruntime-cpu", description="Where to measure: onnxruntime-cpu, onnxruntime-cuda or "
+                         "onnxruntime-trt (TensorRT through onnxruntime's TensorRT execution provider).")
+    batch: int = Field(1, ge=1, description="Batch size of the measured call.")
+    precision: Literal["int8", "fp32"] = Field("int8", description="Deploy precision of the measured model: int8 = "
+                                               "the CPU INT8 model on the CPU, the Q/DQ model on a GPU backend.")
+    metric: Literal["p50_ms", "p90_ms", "p99_ms", "mean_ms"] = Field(
+        "p50_ms", description="The latency statistic whose upper confidence bound must meet the budget.")
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        if v == "tensorrt":
+            raise ValueError("a bundle engine cannot be built per candidate here; use onnxruntime-trt (the same "
+                             "TensorRT kernels through onnxruntime's TensorRT execution provider)")
+        if v not in BUDGET_BACKENDS:
+            raise ValueError(f"unknown backend {v!r}; choose one of {', '.join(BUDGET_BACKENDS)}{suggest(v, BUDGET_BACKENDS)}")
+        return v
+
+
 class PruneConfig(Optim):
     """Channel pruning with ModelOpt FastNAS, then recovery by distillation (off unless enabled)."""
 
     enabled: bool = Field(False, description="Run the prune stage between distill and qat.")
     flops: str | float | None = Field(None, description='FLOPs bound: "50%" of the distilled student, or a number.')
     params: str | float | None = Field(None, description='Parameter bound: "60%" or a number.')
-    channel_divisor: int = Field(8, ge=1, description="Channel counts in multiples of this (fast kernels want 8).")
+    constraint: LatencyBudget | None = Field(
+        None, description="A latency budget instead of a FLOPs/parameter bound: candidates are pruned, recovered, "
+        "exported and measured on the named backend; the most accurate one that meets it wins.")
+    candidates: list[str] = Field(
+        ["85%", "70%", "55%", "40%", "25%"], min_length=1,
+        description="FLOPs ratios tried under a latency budget (the unpruned student is always a candidate).")
+    candidate_epochs: int = Field(3, ge=1, description="Short recovery epochs per candidate before it is scored.")
+    channel_divisor: int | None = Field(
+        None, ge=1, description="Channel counts in multiples of this; null: 8 on a CPU backend, else the build "
+        "target's channel_divisor (export/targets/*.yaml).")
     calib_batches: int = Field(8, ge=1, description="Train batches of 64 that re-estimate BatchNorm per candidate.")
-    epochs: int = Field(10, ge=1, description="Recovery distillation epochs.")
+    epochs: int = Field(10, ge=1, description="Recovery distillation epochs (the chosen candidate's, under a budget).")
 
     @model_validator(mode="after")
     def _bound(self):
-        given = [(k, v) for k, v in (("flops", self.flops), ("params", self.params)) if v is not None]
+        given = [(k, v) for k, v in (("flops", self.flops), ("params", self.params), ("constraint", self.constraint))
+                 if v is not None]
         if self.enabled and len(given) != 1:
-            raise ValueError("give exactly one of prune.flops or prune.params (e.g. flops: 50%)")
+            raise ValueError("give exactly one of prune.flops, prune.params or prune.constraint (e.g. flops: 50%)")
         for k, v in given:
             if isinstance(v, str):
-                num = v[:-1] if v.endswith("%") else None
-                if num is None or not num.replace(".", "", 1).isdigit() or not 0 < float(num) < 100:
-                    raise ValueError(f"prune.{k}: {v!r} is not a percentage between 0 and 100 (e.g. 50%)")
-            elif v <= 0:
+                _percentage(f"prune.{k}", v)
+            elif isinstance(v, float | int) and v <= 0:
                 raise ValueError(f"prune.{k}: {v} must be a positive bound")
+        for v in self.candidates:
+            _percentage("prune.candidates", v)
         return self
 
 

@@ -74,10 +74,8 @@ def _budget_section(run: RunDir, bench: dict | None) -> list[str]:
     export, build = _metrics(run, "export"), run.stage("build")
     rows: list[tuple[str, float | None, str]] = []  # (stage, accuracy, compared with)
     if qat and qat.get("budget"):
-        prev = None
         for row in qat["budget"]:
-            rows.append((row["stage"], row["accuracy"], prev or ""))
-            prev = row["stage"]
+            rows.append((row["stage"], row["accuracy"], row.get("against") or ""))
     else:
         rows.append(("teacher (FP32)", (teacher or {}).get("accuracy"), ""))
         rows.append(("student FP32", (distill or {}).get("accuracy"), "teacher (FP32)"))
@@ -110,6 +108,26 @@ def _budget_section(run: RunDir, bench: dict | None) -> list[str]:
         delta = f"{100 * (a - base):+.1f} pt" if a is not None and base is not None else ""
         lines.append(f"| {label} | {_pct(a) if a is not None else '–'} | {delta} | {ref} |")
     return lines + [""]
+
+
+def _prune_section(run: RunDir) -> list[str]:
+    """The prune stage's figures, and under a latency budget its candidate table and plot."""
+    m = _metrics(run, "prune")
+    if not m or m.get("skipped"):
+        return []
+    lines = ["## Pruning", "", f"Constraint `{json.dumps(m['constraint'])}`, channels in multiples of "
+             f"{m.get('channel_divisor', '?')} ({m.get('channel_divisor_from', '')}).", "",
+             "| | FLOPs | params | val | test |", "|---|---|---|---|---|",
+             f"| distilled | {m['flops_before']:,} | {m['params_before']:,} | {_pct(m['val_accuracy_before'])} | "
+             f"{_pct(m['accuracy_before'])} |",
+             f"| pruned | {m['flops']:,} ({m['flops_ratio']:.0%}) | {m['params']:,} | {_pct(m['val_accuracy_pruned'])} | "
+             f"{_pct(m['accuracy_pruned'])} |",
+             f"| recovered | | | {_pct(m['val_accuracy'])} | {_pct(m['accuracy'])} |", ""]
+    table = run.path / "prune" / "candidates.md"
+    if table.is_file():  # its own title becomes a sub-heading; the plot is linked from here
+        body = table.read_text().replace("](candidates.png)", "](../prune/candidates.png)").splitlines()
+        lines += ["### Latency budget: " + body[0].lstrip("# "), *body[1:], ""]
+    return lines
 
 
 def _parity_section(run: RunDir) -> list[str]:
@@ -193,7 +211,8 @@ def render_report(run_dir) -> Path:
     lines = [f"# edgekd report: {name}", "",
              f"Run directory `{run.path}`, created {run.manifest.get('created', '?')} by edgekd "
              f"{run.manifest.get('edgekd_version', '?')}.", ""]
-    lines += _recipe_section(run) + _stages_section(run) + _budget_section(run, bench) + _parity_section(run)
+    lines += _recipe_section(run) + _stages_section(run) + _budget_section(run, bench) + _prune_section(run)
+    lines += _parity_section(run)
     lines += _latency_section(run, bench_path, bench, out_dir) + _sizes_section(run)
     out_dir.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(out_dir / "report.md", "\n".join(lines))

@@ -17,7 +17,7 @@ PRUNE = ["--set", "student.name=fusion_base", "--set", "prune.enabled=true", "--
 
 
 @pytest.mark.parametrize("prune, why", [
-    ({"enabled": True}, "exactly one of prune.flops or prune.params"),
+    ({"enabled": True}, "exactly one of prune.flops, prune.params or prune.constraint"),
     ({"enabled": True, "flops": "50%", "params": "50%"}, "exactly one"),
     ({"enabled": True, "flops": "0%"}, "between 0 and 100"),
     ({"enabled": True, "flops": "150%"}, "between 0 and 100"),

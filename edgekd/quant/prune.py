@@ -35,6 +35,18 @@ def positional(model, names: list[str]):
     return Positional()
 
 
+def prune_to(wrapped, bound: dict, divisor: int, loader: list, score, dummy: tuple, checkpoint):
+    """ModelOpt FastNAS under `bound` ({"flops": "50%"} or {"params": ...}); the search checkpoint
+    holds the per-layer sensitivity map, so a second bound (or a killed search, resumed) reuses it."""
+    with quiet():  # ModelOpt prints its search tables, a progress bar, and warns on import
+        import modelopt.torch.prune as mtp
+
+        pruned, _ = mtp.prune(wrapped, [("fastnas", fastnas_rules(divisor))], bound, dummy_input=dummy,
+                              config={"data_loader": loader, "score_func": score, "collect_func": lambda b: b,
+                                      "checkpoint": str(checkpoint)})
+    return pruned
+
+
 def fastnas_rules(divisor: int) -> dict:
     """Conv channels in steps of `divisor` (BatchNorms too: they tie to their convolutions, and at
     ModelOpt's default step of 32 the convolutions' choices collapse to it); Linear layers keep their

@@ -55,12 +55,13 @@ def _label(method: str, teacher: str | None) -> str:
     return "student INT8 QAD (" + ("FP32 student as teacher)" if teacher == "student" else "cached teacher outputs)")
 
 
-def _budget(rows: list[tuple[str, float | None]]) -> tuple[list[dict], str]:
-    """Rows teacher, FP32 student, then the INT8 students; deltas: the FP32 student against the
-    teacher, every INT8 student against the FP32 student."""
+def _budget(rows: list[tuple[str, float | None]], base: int = 1) -> tuple[list[dict], str]:
+    """Rows teacher, the FP32 student(s) (distilled, then pruned when the prune stage ran), then the
+    INT8 students; deltas: each FP32 row against the row before it, every INT8 student against
+    rows[base], the FP32 student it was quantized from."""
     table, lines = [], ["| stage | accuracy | delta | against |", "|---|---|---|---|"]
     for i, (label, acc) in enumerate(rows):
-        ref = None if i == 0 else rows[0] if i == 1 else rows[1]
+        ref = None if i == 0 else rows[i - 1] if i <= base else rows[base]
         delta = None if ref is None else round(acc - ref[1], 4)
         table.append({"stage": label, "accuracy": acc, "delta": delta, "against": ref[0] if ref else None})
         lines.append(f"| {label} | {100 * acc:.1f}% | {'' if delta is None else f'{100 * delta:+.1f} pt'} | "
@@ -122,10 +123,15 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
                                        "exclude": q.exclude, "quantize_embeddings": q.quantize_embeddings}})
         qtable = quantizers(final)
         teacher_acc = run.stage("teacher")["metrics"]["accuracy"]
-        rows = [("teacher (FP32)", teacher_acc), ("student FP32", fp32_result["accuracy"]),
-                (f"student INT8 PTQ ({q.algorithm}, {q.calib_batches} batches)", ptq_result["accuracy"])]
+        pruned = (run.stage("prune") or {}).get("metrics") or {}
+        rows = [("teacher (FP32)", teacher_acc)]
+        if "model" in (run.stage("prune") or {}).get("outputs", {}):  # the pruned student replaced the distilled one
+            rows.append(("student FP32, distilled (before pruning)", pruned["accuracy_before"]))
+        rows += [("student FP32" + (f", pruned to {pruned['flops_ratio']:.0%} FLOPs and recovered" if len(rows) > 1
+                                    else ""), fp32_result["accuracy"]),
+                 (f"student INT8 PTQ ({q.algorithm}, {q.calib_batches} batches)", ptq_result["accuracy"])]
         rows += [(_label(*variants[k]), results[k]["accuracy"]) for k in sorted(variants, key=lambda k: k == main)]
-        budget, budget_md = _budget(rows)
+        budget, budget_md = _budget(rows, base=len(rows) - 2 - len(variants))
         outputs["budget"] = atomic_write_json(out_dir / "budget.json", budget)
         outputs["budget_md"] = atomic_write_text(out_dir / "budget.md", "# Accuracy budget (test split)\n\n" + budget_md)
         outputs["eval"] = atomic_write_json(out_dir / "eval.json", {

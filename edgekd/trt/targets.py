@@ -51,6 +51,8 @@ class Target(Strict):
     builder_optimization_level: int = Field(3, ge=0, le=5, description="TensorRT builder optimization level 0-5.")
     timing_cache: Literal["per-device", "none"] = Field(
         "per-device", description="per-device: load and save a timing cache per target and GPU; none: no cache.")
+    channel_divisor: int = Field(16, ge=1, description="Channel counts pruning keeps to (INT8 tensor-core kernels want "
+                                 "16-byte aligned channels: 16 INT8 values).")
     serve: Serving = Field(default_factory=Serving, description="Dynamic batching of `edgekd serve` and Triton.")
 
     @model_validator(mode="after")

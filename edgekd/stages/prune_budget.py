@@ -1,0 +1,113 @@
+"""The prune stage under a latency budget: candidates pruned to several FLOPs bounds, each recovered
+briefly, exported as it would deploy, and measured together on the budget's backend (the measuring
+and choosing itself is edgekd.benchmark.budget, torch-free)."""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from edgekd.benchmark.runners import device_of
+from edgekd.errors import UsageError
+
+CPU_DIVISOR = 8  # onnxruntime's CPU kernels block channels by 8 (AVX2) or 16 (AVX-512); 8 suits both
+
+
+def divisor(prune, backend: str | None, build_target: str) -> tuple[int, str]:
+    """(channel divisor, where it came from): the recipe's, 8 for a CPU budget, else the build target's."""
+    if prune.channel_divisor is not None:
+        return prune.channel_divisor, "prune.channel_divisor"
+    if backend is not None and device_of(backend) == "cpu":
+        return CPU_DIVISOR, f"{backend} (8)"
+    from edgekd.trt.targets import load_target
+
+    return load_target(build_target).channel_divisor, f"target {build_target}"
+
+
+def export_candidate(model, names: list[str], example: dict, budget, calib: list[dict], qat, cpu_calib_method: str,
+                     out: Path) -> Path:
+    """The candidate as it would deploy: the CPU INT8 model (onnxruntime's static quantization of the
+    float export) on the CPU, ModelOpt's Q/DQ model on a GPU backend, or the float export."""
+    import copy
+
+    from edgekd.exporting.onnx_export import export_onnx
+    from edgekd.models.student import inference_form
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if budget.precision == "fp32":
+        return export_onnx(inference_form(model), example, out)
+    if device_of(budget.backend) == "cpu":
+        from edgekd.exporting.cpu_int8 import quantize_for_cpu
+
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = export_onnx(inference_form(model), example, Path(tmp) / "fp32.onnx")
+            return quantize_for_cpu(fp32, out, [{n: b[n] for n in names} for b in calib], cpu_calib_method)
+    import torch
+
+    from edgekd.quant.fold import fold_batchnorm
+    from edgekd.quant.int8 import quantize
+
+    q = copy.deepcopy(model).eval()
+    fold_batchnorm(q)
+    q = quantize(q, qat, [{n: torch.from_numpy(b[n]) for n in names} for b in calib])
+    return export_onnx(q, example, out, quantized=True)
+
+
+def candidates(run, out, student, before, prune, recover, measure, names, example, calib, test, budget, floor):
+    """Candidates at each of prune.candidates' FLOPs ratios (plus the unpruned student), each with a
+    short recovery, exported in the deploy precision and timed together on the budget's backend.
+    Returns (the chosen candidate's ModelOpt model or None for the unpruned student, its measures
+    right after pruning, metrics)."""
+    from edgekd.benchmark import budget as lat
+    from edgekd.benchmark.runners import batch_of
+    from edgekd.files import atomic_write_json, atomic_write_text
+    from edgekd.plots import HOW_TO_GET, budget_png
+
+    r, p = run.recipe, run.recipe.prune
+    t0 = time.time()
+    cdir = out / "candidates"
+    cdir.mkdir(exist_ok=True)
+    cands = [lat.Candidate("100%", before["flops"], before["params"], before["val_accuracy"])]
+    models, test_acc, same, right_after = {"100%": student}, {"100%": before["accuracy"]}, [], {"100%": before}
+    for ratio in p.candidates:
+        pruned = prune({"flops": ratio})
+        m = measure(pruned.model)
+        right_after[ratio] = m
+        twin = next((c for c in cands if c.flops == m["flops"]), None)
+        if twin is not None:  # the search landed on an architecture already in the list
+            same.append(f"{ratio} = {twin.name}")
+            continue
+        tag = ratio[:-1]
+        recover(pruned.model, p.candidate_epochs, cdir / f"{tag}.pt", f"prune {ratio}")
+        after = measure(pruned.model)
+        cands.append(lat.Candidate(ratio, after["flops"], after["params"], after["val_accuracy"], state=pruned))
+        models[ratio], test_acc[ratio] = pruned.model, after["accuracy"]
+    for c in cands:
+        c.onnx = export_candidate(models[c.name], names, example, budget, calib, r.qat,
+                                      r.export.cpu_calib_method, cdir / f"{c.name[:-1]}.onnx")
+    b = r.bench
+    lat.measure(cands, budget, batch_of(test.inputs, names, budget.batch), r.threads,
+                min_seconds=b.min_seconds, max_seconds=b.max_seconds, block=b.block)
+    chosen, why = lat.choose(cands, budget)
+    rows = [{**c.row(), "test_accuracy": test_acc[c.name]} for c in cands]
+    front = lat.pareto(cands)
+    title = f"prune candidates on {budget.backend}, batch {budget.batch}, {budget.precision}"
+    png = budget_png(rows, front, budget.latency_ms, budget.metric, chosen.name if chosen else None, title,
+                     out / "candidates.png")
+    lines = [f"# {title}", "", f"Budget: {budget.metric[:-3]} <= {budget.latency_ms:g} ms (upper bound of the 95% "
+             f"CI). Empty call on this backend: {floor:.4f} ms.", "", *lat.table(cands, budget, chosen), "",
+             f"**{'Chosen' if chosen else 'None meets the budget'}**: {why}.", "",
+             "Candidates are chosen on validation accuracy after a short recovery; test accuracy is in "
+             "candidates.json, for reporting only.", ""]
+    if same:
+        lines += [f"Ratios that landed on an architecture already listed: {', '.join(same)}.", ""]
+    lines += ["![candidates](candidates.png)" if png else f"({HOW_TO_GET})", ""]
+    atomic_write_text(out / "candidates.md", "\n".join(lines))
+    atomic_write_json(out / "candidates.json", {"budget": budget.model_dump(), "empty_call_ms": floor,
+                                                "chosen": chosen.name if chosen else None, "reason": why,
+                                                "pareto": front, "same_architecture": same, "candidates": rows})
+    if chosen is None:
+        raise UsageError(f"{why} (see {out / 'candidates.md'})")
+    summary = {"budget_met": True, "chosen": chosen.name, "reason": why, "empty_call_ms": floor,
+               "latency": chosen.latency, "candidates": len(cands), "seconds": round(time.time() - t0, 1)}
+    return chosen.state, right_after[chosen.name], summary
