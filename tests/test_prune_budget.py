@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, cli
 
-from edgekd.errors import RecipeError, UsageError
 from edgekd.benchmark import budget as lat
+from edgekd.errors import RecipeError, UsageError
 from edgekd.recipe import LatencyBudget, PruneConfig, recipe_from_dict
 from edgekd.stages.prune_budget import divisor
 
