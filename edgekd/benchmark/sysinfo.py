@@ -52,6 +52,13 @@ def cpu_model() -> str | None:
     return platform.processor() or None
 
 
+def cpu_channel_block() -> int:
+    """Channels per block of onnxruntime's CPU convolution kernels here (NCHWc): 16 with AVX-512,
+    else 8 (AVX2, and a multiple of what other CPUs use)."""
+    flags = re.search(r"^flags\s*:\s*(.+)$", _read("/proc/cpuinfo") or "", re.M)
+    return 16 if flags and "avx512f" in flags.group(1).split() else 8
+
+
 def gpu() -> dict | None:
     """Name, driver and memory of GPU 0 from NVML, else nvidia-smi; None without an NVIDIA GPU."""
     try:

@@ -6,7 +6,11 @@ from __future__ import annotations
 import contextlib
 import io
 
-from edgekd.errors import CheckpointError
+from edgekd.errors import CheckpointError, RecipeError
+
+
+class Unreachable(RecipeError):
+    """A FLOPs/parameter bound no subnet of the search space meets."""
 
 
 @contextlib.contextmanager
@@ -41,9 +45,16 @@ def prune_to(wrapped, bound: dict, divisor: int, loader: list, score, dummy: tup
     with quiet():  # ModelOpt prints its search tables, a progress bar, and warns on import
         import modelopt.torch.prune as mtp
 
-        pruned, _ = mtp.prune(wrapped, [("fastnas", fastnas_rules(divisor))], bound, dummy_input=dummy,
-                              config={"data_loader": loader, "score_func": score, "collect_func": lambda b: b,
-                                      "checkpoint": str(checkpoint)})
+        try:
+            pruned, _ = mtp.prune(wrapped, [("fastnas", fastnas_rules(divisor))], bound, dummy_input=dummy,
+                                  config={"data_loader": loader, "score_func": score, "collect_func": lambda b: b,
+                                          "checkpoint": str(checkpoint)})
+        except ValueError as e:
+            if "constraints can be satisfied" not in str(e):
+                raise
+            key, value = next(iter(bound.items()))
+            raise Unreachable(f"prune.{key} {value} is below the smallest this student reaches with channels in "
+                              f"steps of {divisor}; raise the bound or lower prune.channel_divisor") from None
     return pruned
 
 

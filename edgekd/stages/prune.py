@@ -98,7 +98,7 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
                               "data.val_fraction above 0")
         budget = p.constraint
         divisor, divisor_from = prune_budget.divisor(p, budget.backend if budget else None, r.build.target)
-        floor = check_budget(budget, r.threads) if budget else None  # before any work
+        floor = check_budget(budget, r.bench.threads) if budget else None  # before any work; timed as the bench times
         student, _ = distilled_student(run)
         names = list(student.names)
         started = run.begin("prune")
@@ -152,8 +152,8 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
             pruned = prune(constraint(p))
             search_seconds, after = round(time.time() - t0, 1), measure(pruned.model)
         else:
-            pruned, after, extra_metrics = prune_budget.candidates(run, out, student, before, prune, recover, measure, names, example,
-                                              calib, test, budget, floor)
+            pruned, after, extra_metrics = prune_budget.candidates(
+                run, out, student, before, prune, recover, measure, names, example, calib, test, budget, floor, divisor)
             search_seconds = extra_metrics.pop("seconds")
         if pruned is None:  # the unpruned student is the most accurate one within the budget
             history, recovered, result = [], before, evaluate(student, test, names, data.classes)

@@ -10,15 +10,19 @@ from pathlib import Path
 from edgekd.benchmark.runners import device_of
 from edgekd.errors import UsageError
 
-CPU_DIVISOR = 8  # onnxruntime's CPU kernels block channels by 8 (AVX2) or 16 (AVX-512); 8 suits both
-
 
 def divisor(prune, backend: str | None, build_target: str) -> tuple[int, str]:
-    """(channel divisor, where it came from): the recipe's, 8 for a CPU budget, else the build target's."""
+    """(channel divisor, where it came from): the recipe's; for a CPU budget the channel block of
+    onnxruntime's CPU kernels on this machine (measured on avdigits' fusion_base at batch 32 on an
+    AVX-512 CPU: 46.5% of the FLOPs in steps of 16 ran 0.31 ms, 50.0% in steps of 8 ran 0.41 ms);
+    else the build target's."""
     if prune.channel_divisor is not None:
         return prune.channel_divisor, "prune.channel_divisor"
     if backend is not None and device_of(backend) == "cpu":
-        return CPU_DIVISOR, f"{backend} (8)"
+        from edgekd.benchmark.sysinfo import cpu_channel_block
+
+        block = cpu_channel_block()
+        return block, f"{backend}: this CPU's kernel block ({'AVX-512' if block == 16 else 'no AVX-512'})"
     from edgekd.trt.targets import load_target
 
     return load_target(build_target).channel_divisor, f"target {build_target}"
@@ -53,7 +57,8 @@ def export_candidate(model, names: list[str], example: dict, budget, calib: list
     return export_onnx(q, example, out, quantized=True)
 
 
-def candidates(run, out, student, before, prune, recover, measure, names, example, calib, test, budget, floor):
+def candidates(run, out, student, before, prune, recover, measure, names, example, calib, test, budget, floor,
+               divisor):
     """Candidates at each of prune.candidates' FLOPs ratios (plus the unpruned student), each with a
     short recovery, exported in the deploy precision and timed together on the budget's backend.
     Returns (the chosen candidate's ModelOpt model or None for the unpruned student, its measures
@@ -62,15 +67,23 @@ def candidates(run, out, student, before, prune, recover, measure, names, exampl
     from edgekd.benchmark.runners import batch_of
     from edgekd.files import atomic_write_json, atomic_write_text
     from edgekd.plots import HOW_TO_GET, budget_png
+    from edgekd.quant.prune import Unreachable
 
     r, p = run.recipe, run.recipe.prune
     t0 = time.time()
     cdir = out / "candidates"
     cdir.mkdir(exist_ok=True)
+    for old in ("candidates.md", "candidates.json", "candidates.png"):  # a previous run's choice is not this one's
+        (out / old).unlink(missing_ok=True)
     cands = [lat.Candidate("100%", before["flops"], before["params"], before["val_accuracy"])]
+    unreachable: list[str] = []
     models, test_acc, same, right_after = {"100%": student}, {"100%": before["accuracy"]}, [], {"100%": before}
     for ratio in p.candidates:
-        pruned = prune({"flops": ratio})
+        try:
+            pruned = prune({"flops": ratio})
+        except Unreachable:
+            unreachable.append(ratio)
+            continue
         m = measure(pruned.model)
         right_after[ratio] = m
         twin = next((c for c in cands if c.flops == m["flops"]), None)
@@ -86,7 +99,7 @@ def candidates(run, out, student, before, prune, recover, measure, names, exampl
         c.onnx = export_candidate(models[c.name], names, example, budget, calib, r.qat,
                                       r.export.cpu_calib_method, cdir / f"{c.name[:-1]}.onnx")
     b = r.bench
-    lat.measure(cands, budget, batch_of(test.inputs, names, budget.batch), r.threads,
+    lat.measure(cands, budget, batch_of(test.inputs, names, budget.batch), b.threads,
                 min_seconds=b.min_seconds, max_seconds=b.max_seconds, block=b.block)
     chosen, why = lat.choose(cands, budget)
     rows = [{**c.row(), "test_accuracy": test_acc[c.name]} for c in cands]
@@ -99,13 +112,16 @@ def candidates(run, out, student, before, prune, recover, measure, names, exampl
              f"**{'Chosen' if chosen else 'None meets the budget'}**: {why}.", "",
              "Candidates are chosen on validation accuracy after a short recovery; test accuracy is in "
              "candidates.json, for reporting only.", ""]
+    if unreachable:
+        lines += [f"Below the smallest this student reaches in steps of {divisor} channels: {', '.join(unreachable)}.",
+                  ""]
     if same:
         lines += [f"Ratios that landed on an architecture already listed: {', '.join(same)}.", ""]
     lines += ["![candidates](candidates.png)" if png else f"({HOW_TO_GET})", ""]
     atomic_write_text(out / "candidates.md", "\n".join(lines))
     atomic_write_json(out / "candidates.json", {"budget": budget.model_dump(), "empty_call_ms": floor,
                                                 "chosen": chosen.name if chosen else None, "reason": why,
-                                                "pareto": front, "same_architecture": same, "candidates": rows})
+                                                "pareto": front, "same_architecture": same, "unreachable": unreachable, "candidates": rows})
     if chosen is None:
         raise UsageError(f"{why} (see {out / 'candidates.md'})")
     summary = {"budget_met": True, "chosen": chosen.name, "reason": why, "empty_call_ms": floor,
