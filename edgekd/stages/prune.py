@@ -28,6 +28,7 @@ import time
 from typing import TYPE_CHECKING
 
 from edgekd.errors import RecipeError, UsageError
+from edgekd.files import atomic_write_text
 from edgekd.stages.common import pct
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def _search_checkpoint(out, key: str, resume: bool):
     ck, stamp = out / "search.pth", out / "search.key"
     if not (resume and ck.is_file() and stamp.is_file() and stamp.read_text() == key):
         ck.unlink(missing_ok=True)
-        stamp.write_text(key)
+        atomic_write_text(stamp, key)
     return ck
 
 
