@@ -59,6 +59,10 @@ def test_pruning_meets_the_flops_bound_and_recovers(pruned_run):
     # qat starts from the pruned, recovered student, and export passed its parity ladder on it
     assert m["qat"]["metrics"]["fp32_accuracy"] == p["accuracy"]
     assert m["export"]["status"] == "done" and m["export"]["metrics"]["student_fp32"]["top1_agreement"] == 1.0
+    bundle = json.loads((pruned_run / "bundle" / "manifest.json").read_text())["models"]
+    for key in ("student_fp32", "student_int8_cpu"):  # the bundle describes the pruned student
+        assert bundle[key]["flops"] == p["flops"] and bundle[key]["pruned"]["flops_before"] == p["flops_before"]
+    assert "pruned" not in bundle["teacher_fp32"]
 
 
 def test_the_pruned_student_restores_identically(pruned_run):

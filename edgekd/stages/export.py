@@ -138,9 +138,14 @@ def parity(files: dict[str, Path], models: dict, tests: dict, cfg, threads_: int
 def bundle(run: RunDir, data, tests: dict, files, metrics, config, embed_dim: int, used: set[str]) -> Path:
     """The device bundle: the models, io_spec, preprocess parameters, labels and (optionally) the
     test split's model inputs, so `edgekd bench` on a device reports accuracy on its own backend."""
-    flops = {"student": run.stage("distill")["metrics"].get("flops"),
+    prune = run.stage("prune") or {}
+    pruned = "model" in prune.get("outputs", {})  # the students are the pruned one: its FLOPs, and where it came from
+    pm = prune.get("metrics") or {}
+    flops = {"student": pm["flops"] if pruned else run.stage("distill")["metrics"].get("flops"),
              "teacher": run.stage("teacher")["metrics"].get("flops")}
-    models = {k: {**KINDS[k], "accuracy": metrics[k]["accuracy"], "flops": flops[KINDS[k]["role"]]} for k in files}
+    origin = {"pruned": {"flops_before": pm.get("flops_before"), "constraint": pm.get("constraint")}} if pruned else {}
+    models = {k: {**KINDS[k], "accuracy": metrics[k]["accuracy"], "flops": flops[KINDS[k]["role"]],
+                  **(origin if KINDS[k]["role"] == "student" else {})} for k in files}
     # every model's inputs: the student's, and the teacher's own where its processors made them
     inputs = {m: (split.inputs[m], pre[m]) for split, pre in tests.values() for m in split.inputs if m in used}
     extra = {}
