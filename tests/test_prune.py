@@ -111,3 +111,53 @@ def test_every_fusion_variant_prunes_under_the_bound_and_exports(fusion, tmp_pat
     p = m["prune"]["metrics"]
     assert p["flops"] <= 0.6 * p["flops_before"] and m["export"]["status"] == "done"
     assert m["export"]["metrics"]["student_fp32"]["top1_agreement"] == 1.0  # the parity ladder on the pruned graph
+
+
+def test_a_student_of_every_modality_kind_prunes_and_exports(tmp_path, capsys):
+    """Image (colour), audio, text and vector inputs from a user's folder: pruned under a FLOPs
+    bound, recovered, quantized and exported through the parity ladder."""
+    import numpy as np
+    import soundfile as sf
+    from conftest import cli
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "mydata"
+    (folder / "img").mkdir(parents=True)
+    (folder / "wav").mkdir()
+    words = {"cat": "a small cat sat", "dog": "the dog barked loud", "cow": "cows eat green grass"}
+    rows = []
+    for i in range(60):
+        label = list(words)[i % 3]
+        pixels = (rng.random((12, 12, 3)) * 80).astype(np.uint8)
+        pixels[..., i % 3] += 120
+        Image.fromarray(pixels).save(folder / "img" / f"{i}.png")
+        t = np.arange(2000) / 8000
+        sf.write(str(folder / "wav" / f"{i}.wav"), 0.25 * np.sin(2 * np.pi * (300 + 200 * (i % 3)) * t), 8000)
+        rows.append({"label": label, "photo": f"img/{i}.png", "clip": f"wav/{i}.wav", "caption": words[label],
+                     "feats": list(rng.normal(size=4) + i % 3)})
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(f"""
+name: mine
+data:
+  name: folder
+  path: {folder}
+  modalities: {{photo: image, clip: audio, caption: text, feats: vector}}
+  image_size: 12
+  image_mode: rgb
+  val_fraction: 0.2
+  audio: {{seconds: 0.25, n_mels: 16}}
+teacher: {{hidden: 16, layers: 1, heads: 2, epochs: 1, batch_size: 8, fusion: concat, image_patch: 4}}
+student: {{name: fusion_base, fusion: gated}}
+distill: {{epochs: 1, batch_size: 8}}
+prune: {{enabled: true, flops: 70%, epochs: 1, batch_size: 8, channel_divisor: 8}}
+qat: {{epochs: 1, batch_size: 8, calib_batches: 1, compare: false}}
+export: {{cpu_int8_min_agreement: 0.0, qdq_tolerance: 0.06}}
+""")
+    code, _, err = cli(capsys, "run", recipe, "--run-dir", tmp_path / "run", "-q", "--until", "export")
+    assert code == 0, err
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+    p = m["prune"]["metrics"]
+    assert p["flops"] <= 0.7 * p["flops_before"] and set(p["accuracy_without"]) == {"photo", "clip", "caption", "feats"}
+    assert m["export"]["status"] == "done" and m["export"]["metrics"]["student_fp32"]["top1_agreement"] == 1.0
