@@ -118,3 +118,33 @@ def one_line(excinfo, *needles):
     for n in needles:
         assert n in msg, f"{n!r} not in {msg!r}"
     return msg
+
+
+WORDS = {"cat": "a small cat sat", "dog": "the dog barked loud", "cow": "cows eat green grass"}
+
+
+def four_modality_folder(folder: Path, n: int, formats=(("WAV", "PCM_16", "wav"),)) -> list[dict]:
+    """A user's folder dataset: colour images (the class in the colour), audio clips written in
+    `formats` in turn (the class in the pitch), a caption (WORDS) and a 4-vector; metadata.jsonl."""
+    import json
+
+    import soundfile as sf
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (folder / "img").mkdir(parents=True)
+    (folder / "wav").mkdir()
+    rows = []
+    for i in range(n):
+        label = list(WORDS)[i % 3]
+        pixels = (rng.random((12, 12, 3)) * 80).astype(np.uint8)
+        pixels[..., i % 3] += 120  # the class is in the colour, not in the brightness
+        Image.fromarray(pixels).save(folder / "img" / f"{i}.png")
+        t = np.arange(2000) / 8000
+        fmt, subtype, ext = formats[i % len(formats)]
+        sf.write(str(folder / "wav" / f"{i}.{ext}"), 0.25 * np.sin(2 * np.pi * (300 + 200 * (i % 3)) * t), 8000,
+                 format=fmt, subtype=subtype)
+        rows.append({"label": label, "photo": f"img/{i}.png", "clip": f"wav/{i}.{ext}", "caption": WORDS[label],
+                     "feats": list(rng.normal(size=4) + i % 3)})
+    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    return rows

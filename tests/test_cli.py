@@ -397,28 +397,11 @@ FORMATS = [("WAV", "PCM_16", "wav"), ("WAV", "PCM_24", "wav"), ("WAV", "FLOAT", 
 def test_folder_dataset_with_all_four_modalities_end_to_end(tmp_path, capsys):
     """A user's folder (colour images, audio as 16-bit wav, 24-bit wav, float wav and FLAC, text,
     vector) through every stage with tiny models, then predict from raw files of each kind."""
-    import numpy as np
-    import soundfile as sf
-    from PIL import Image
+    from conftest import WORDS as words
+    from conftest import four_modality_folder
 
-    rng = np.random.default_rng(0)
     folder = tmp_path / "mydata"
-    (folder / "img").mkdir(parents=True)
-    (folder / "wav").mkdir()
-    words = {"cat": "a small cat sat", "dog": "the dog barked loud", "cow": "cows eat green grass"}
-    rows = []
-    for i in range(36):
-        label = list(words)[i % 3]
-        pixels = (rng.random((12, 12, 3)) * 80).astype(np.uint8)
-        pixels[..., i % 3] += 120  # the class is in the colour, not in the brightness
-        Image.fromarray(pixels).save(folder / "img" / f"{i}.png")
-        t = np.arange(2000) / 8000
-        fmt, subtype, ext = FORMATS[i % len(FORMATS)]
-        sf.write(str(folder / "wav" / f"{i}.{ext}"), 0.25 * np.sin(2 * np.pi * (300 + 200 * (i % 3)) * t), 8000,
-                 format=fmt, subtype=subtype)
-        rows.append({"label": label, "photo": f"img/{i}.png", "clip": f"wav/{i}.{ext}", "caption": words[label],
-                     "feats": list(rng.normal(size=4) + i % 3)})
-    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    rows = four_modality_folder(folder, 36, FORMATS)
     recipe = tmp_path / "mine.yaml"
     recipe.write_text(f"""
 name: mine

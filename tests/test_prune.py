@@ -116,27 +116,10 @@ def test_every_fusion_variant_prunes_under_the_bound_and_exports(fusion, tmp_pat
 def test_a_student_of_every_modality_kind_prunes_and_exports(tmp_path, capsys):
     """Image (colour), audio, text and vector inputs from a user's folder: pruned under a FLOPs
     bound, recovered, quantized and exported through the parity ladder."""
-    import numpy as np
-    import soundfile as sf
-    from conftest import cli
-    from PIL import Image
+    from conftest import cli, four_modality_folder
 
-    rng = np.random.default_rng(0)
     folder = tmp_path / "mydata"
-    (folder / "img").mkdir(parents=True)
-    (folder / "wav").mkdir()
-    words = {"cat": "a small cat sat", "dog": "the dog barked loud", "cow": "cows eat green grass"}
-    rows = []
-    for i in range(60):
-        label = list(words)[i % 3]
-        pixels = (rng.random((12, 12, 3)) * 80).astype(np.uint8)
-        pixels[..., i % 3] += 120
-        Image.fromarray(pixels).save(folder / "img" / f"{i}.png")
-        t = np.arange(2000) / 8000
-        sf.write(str(folder / "wav" / f"{i}.wav"), 0.25 * np.sin(2 * np.pi * (300 + 200 * (i % 3)) * t), 8000)
-        rows.append({"label": label, "photo": f"img/{i}.png", "clip": f"wav/{i}.wav", "caption": words[label],
-                     "feats": list(rng.normal(size=4) + i % 3)})
-    (folder / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    four_modality_folder(folder, 60)
     recipe = tmp_path / "mine.yaml"
     recipe.write_text(f"""
 name: mine
