@@ -282,3 +282,21 @@ def test_a_flops_bound_the_student_cannot_reach_is_a_one_line_error(distilled, t
                        "--set", "prune.enabled=true", "--set", "prune.flops=1%", "--set", "prune.channel_divisor=16",
                        "--until", "prune")
     assert code != 0 and "prune.flops 1%" in err and "prune.channel_divisor" in err and err.strip().count("\n") == 0
+
+
+def test_when_the_unpruned_student_wins_nothing_is_pruned_and_later_stages_use_it(distilled, tmp_path, monkeypatch):
+    original = lat.choose
+
+    def unpruned_wins(cands, budget):
+        best, _ = original(cands, budget)
+        return cands[0], "100% FLOPs: forced by this test"
+
+    monkeypatch.setattr(lat, "choose", unpruned_wins)
+    run_dir = _copy(distilled, tmp_path / "run")
+    _run(["run", TINY, "--run-dir", run_dir, "-q", "--force", *QUICK, "--set", "prune.constraint.latency_ms=500",
+          "--until", "export"])
+    m = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    p = m["prune"]["metrics"]
+    assert p["chosen"] == "100%" and p["flops"] == p["flops_before"] and "model" not in m["prune"]["outputs"]
+    assert m["qat"]["metrics"]["fp32_accuracy"] == m["distill"]["metrics"]["accuracy"]  # the distilled student
+    assert "pruned" not in json.loads((run_dir / "bundle" / "manifest.json").read_text())["models"]["student_fp32"]

@@ -10,7 +10,7 @@ stage relies on (export's io_spec, the distill projectors) stays the same size.
 
 Under a latency budget (`prune.constraint`) the stage prunes to each of `prune.candidates`' FLOPs
 bounds, gives each a short recovery, exports each in the deploy precision and times them together
-with the bench's harness (edgekd.quant.budget); the most accurate on validation whose latency upper
+with the bench's harness (edgekd.stages.prune_budget, edgekd.benchmark.budget); the most accurate on validation whose latency upper
 bound meets the budget gets the full recovery. The unpruned student is a candidate too: when it wins,
 nothing is pruned and later stages keep the distilled student. When none meets the budget the stage
 fails with the fastest candidate's figure, leaving the candidate table for the user.
@@ -138,9 +138,10 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
                                  run.path / cache if cache else None)
         targets.prepare(data.num_pairings)
 
-        def recover(model, epochs: int, checkpoint, label: str) -> list[dict]:
+        def recover(model, epochs: int, checkpoint, label: str, what: str) -> list[dict]:
+            # --resume continues a checkpoint only for the same student, divisor, data and architecture
             job = Job(model, names, p.model_copy(update={"epochs": epochs}), r.seed, checkpoint, label,
-                      fingerprint=f"{label}:{key}")
+                      fingerprint=f"{label}:{key}:{what}")
             job.targets, job.loss = targets, loss_weights(r.distill)
             job.projectors = Projectors.between(model, names, targets)
             history = train(job, sdata, resume, progress)
@@ -160,7 +161,8 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
             history, recovered, result = [], before, evaluate(student, test, names, data.classes)
         else:
             model = pruned.model  # under a budget: after its short recovery, which this continues
-            history = recover(model, p.epochs, out / "checkpoint.pt", "prune")
+            history = recover(model, p.epochs, out / "checkpoint.pt", "prune",
+                              extra_metrics.get("chosen") or str(constraint(p)))
             result = evaluate(model, test, names, data.classes)
             recovered = {"val_accuracy": round(score(positional(model, names)), 4), "accuracy": result["accuracy"]}
         metrics = {

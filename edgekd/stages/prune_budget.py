@@ -73,8 +73,9 @@ def candidates(run, out, student, before, prune, recover, measure, names, exampl
     t0 = time.time()
     cdir = out / "candidates"
     cdir.mkdir(exist_ok=True)
-    for old in ("candidates.md", "candidates.json", "candidates.png"):  # a previous run's choice is not this one's
-        (out / old).unlink(missing_ok=True)
+    # a previous run's table and models are not this one's (its recovery checkpoints serve --resume)
+    for old in [out / "candidates.md", out / "candidates.json", out / "candidates.png", *cdir.glob("*.onnx")]:
+        old.unlink(missing_ok=True)
     cands = [lat.Candidate("100%", before["flops"], before["params"], before["val_accuracy"])]
     unreachable: list[str] = []
     models, test_acc, same, right_after = {"100%": student}, {"100%": before["accuracy"]}, [], {"100%": before}
@@ -91,13 +92,13 @@ def candidates(run, out, student, before, prune, recover, measure, names, exampl
             same.append(f"{ratio} = {twin.name}")
             continue
         tag = ratio[:-1]
-        recover(pruned.model, p.candidate_epochs, cdir / f"{tag}.pt", f"prune {ratio}")
+        recover(pruned.model, p.candidate_epochs, cdir / f"{tag}.pt", f"prune {ratio}", ratio)
         after = measure(pruned.model)
         cands.append(lat.Candidate(ratio, after["flops"], after["params"], after["val_accuracy"], state=pruned))
         models[ratio], test_acc[ratio] = pruned.model, after["accuracy"]
     for c in cands:
-        c.onnx = export_candidate(models[c.name], names, example, budget, calib, r.qat,
-                                      r.export.cpu_calib_method, cdir / f"{c.name[:-1]}.onnx")
+        c.onnx = export_candidate(models[c.name], names, example, budget, calib, r.qat, r.export.cpu_calib_method,
+                                  cdir / f"{c.name[:-1]}.onnx")
     b = r.bench
     lat.measure(cands, budget, batch_of(test.inputs, names, budget.batch), b.threads,
                 min_seconds=b.min_seconds, max_seconds=b.max_seconds, block=b.block)
