@@ -161,8 +161,9 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
             history, recovered, result = [], before, evaluate(student, test, names, data.classes)
         else:
             model = pruned.model  # under a budget: after its short recovery, which this continues
-            history = recover(model, p.epochs, out / "checkpoint.pt", "prune",
-                              extra_metrics.get("chosen") or str(constraint(p)))
+            chosen = extra_metrics.get("chosen")  # under a budget: one final checkpoint per candidate, for --resume
+            checkpoint = out / "candidates" / f"{chosen[:-1]}.final.pt" if chosen else out / "checkpoint.pt"
+            history = recover(model, p.epochs, checkpoint, "prune", chosen or str(constraint(p)))
             result = evaluate(model, test, names, data.classes)
             recovered = {"val_accuracy": round(score(positional(model, names)), 4), "accuracy": result["accuracy"]}
         metrics = {
