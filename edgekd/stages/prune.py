@@ -154,8 +154,8 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
             pruned = prune(constraint(p))
             search_seconds, after = round(time.time() - t0, 1), measure(pruned.model)
         else:
-            pruned, after, extra_metrics = prune_budget.candidates(
-                run, out, student, before, prune, recover, measure, names, example, calib, test, budget, floor, divisor)
+            search_steps = prune_budget.Search(student, names, example, calib, test, divisor, prune, recover, measure)
+            pruned, after, extra_metrics = prune_budget.candidates(run, out, search_steps, before, budget, floor)
             search_seconds = extra_metrics.pop("seconds")
         if pruned is None:  # the unpruned student is the most accurate one within the budget
             history, recovered, result = [], before, evaluate(student, test, names, data.classes)

@@ -5,10 +5,29 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgekd.benchmark.runners import device_of
 from edgekd.errors import UsageError
+
+
+@dataclass
+class Search:
+    """What the prune stage hands the candidates: the distilled student, its inputs, and the stage's
+    own steps (`prune(bound)` -> ModelOpt model, `recover(model, epochs, checkpoint, label, what)`,
+    `measure(model)` -> flops, params, val_accuracy, accuracy)."""
+
+    student: object
+    names: list[str]
+    example: dict  # one test sample per input (export tracing)
+    calib: list[dict]  # train batches (BatchNorm re-estimation, INT8 calibration)
+    test: object  # the test split (its first `batch` rows are the timed inputs)
+    divisor: int
+    prune: Callable
+    recover: Callable
+    measure: Callable
 
 
 def divisor(prune, backend: str | None, build_target: str) -> tuple[int, str]:
@@ -57,8 +76,7 @@ def export_candidate(model, names: list[str], example: dict, budget, calib: list
     return export_onnx(q, example, out, quantized=True)
 
 
-def candidates(run, out, student, before, prune, recover, measure, names, example, calib, test, budget, floor,
-               divisor):
+def candidates(run, out, s: Search, before: dict, budget, floor: float):
     """Candidates at each of prune.candidates' FLOPs ratios (plus the unpruned student), each with a
     short recovery, exported in the deploy precision and timed together on the budget's backend.
     Returns (the chosen candidate's ModelOpt model or None for the unpruned student, its measures
@@ -78,29 +96,29 @@ def candidates(run, out, student, before, prune, recover, measure, names, exampl
         old.unlink(missing_ok=True)
     cands = [lat.Candidate("100%", before["flops"], before["params"], before["val_accuracy"])]
     unreachable: list[str] = []
-    models, test_acc, same, right_after = {"100%": student}, {"100%": before["accuracy"]}, [], {"100%": before}
+    models, test_acc, same, right_after = {"100%": s.student}, {"100%": before["accuracy"]}, [], {"100%": before}
     for ratio in p.candidates:
         try:
-            pruned = prune({"flops": ratio})
+            pruned = s.prune({"flops": ratio})
         except Unreachable:
             unreachable.append(ratio)
             continue
-        m = measure(pruned.model)
+        m = s.measure(pruned.model)
         right_after[ratio] = m
         twin = next((c for c in cands if c.flops == m["flops"]), None)
         if twin is not None:  # the search landed on an architecture already in the list
             same.append(f"{ratio} = {twin.name}")
             continue
         tag = ratio[:-1]
-        recover(pruned.model, p.candidate_epochs, cdir / f"{tag}.pt", f"prune {ratio}", ratio)
-        after = measure(pruned.model)
+        s.recover(pruned.model, p.candidate_epochs, cdir / f"{tag}.pt", f"prune {ratio}", ratio)
+        after = s.measure(pruned.model)
         cands.append(lat.Candidate(ratio, after["flops"], after["params"], after["val_accuracy"], state=pruned))
         models[ratio], test_acc[ratio] = pruned.model, after["accuracy"]
     for c in cands:
-        c.onnx = export_candidate(models[c.name], names, example, budget, calib, r.qat, r.export.cpu_calib_method,
+        c.onnx = export_candidate(models[c.name], s.names, s.example, budget, s.calib, r.qat, r.export.cpu_calib_method,
                                   cdir / f"{c.name[:-1]}.onnx")
     b = r.bench
-    lat.measure(cands, budget, batch_of(test.inputs, names, budget.batch), b.threads,
+    lat.measure(cands, budget, batch_of(s.test.inputs, s.names, budget.batch), b.threads,
                 min_seconds=b.min_seconds, max_seconds=b.max_seconds, block=b.block)
     chosen, why = lat.choose(cands, budget)
     rows = [{**c.row(), "test_accuracy": test_acc[c.name]} for c in cands]
@@ -114,7 +132,7 @@ def candidates(run, out, student, before, prune, recover, measure, names, exampl
              "Candidates are chosen on validation accuracy after a short recovery; test accuracy is in "
              "candidates.json, for reporting only.", ""]
     if unreachable:
-        lines += [f"Below the smallest this student reaches in steps of {divisor} channels: {', '.join(unreachable)}.",
+        lines += [f"Below the smallest this student reaches in steps of {s.divisor} channels: {', '.join(unreachable)}.",
                   ""]
     if same:
         lines += [f"Ratios that landed on an architecture already listed: {', '.join(same)}.", ""]
