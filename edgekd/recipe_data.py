@@ -44,6 +44,9 @@ class AVDigitsData(Strict):
     pairings: int = Field(4, ge=1, description="Distinct seeded train pairings, cycled over epochs.")
     test_images_per_class: int = Field(100, ge=1, description="MNIST images per digit kept for test only.")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Train clips per digit held out for validation (train speakers).")
+    val_speakers: list[str] = Field(
+        [], description="Speakers held out for validation instead of val_fraction (a proxy for the unseen test "
+        "speakers; fewer speakers are left to train on).")
     val_images_per_class: int = Field(50, ge=1, description="MNIST train images per digit kept for validation only.")
     audio: AudioFeatures = AudioFeatures()
 

@@ -79,3 +79,17 @@ def test_audio_normalisation_uses_train_statistics(av):
 def test_missing_files_name_the_fetch_command(tmp_path):
     with pytest.raises(DataError, match="edgekd data fetch avdigits"):
         AVDigits(AVDigitsData(), tmp_path, seed=0)
+
+
+def test_validation_speakers_are_held_out_like_the_test_speakers(av):
+    held = AVDigits(AVDigitsData(val_speakers=["theo"]), _module_data_dir(), seed=0)
+    train, val, test = held.split("train"), held.split("val"), held.split("test")
+    speakers = {name: {i.split("_")[1] for i in s.ids} for name, s in (("train", train), ("val", val), ("test", test))}
+    assert speakers["val"] == {"theo"} and "theo" not in speakers["train"] and speakers["test"] == {"lucas", "yweweler"}
+    assert len(val) == 500 and len(train) + len(val) + len(test) == 3000
+    assert held.fingerprint() != av.fingerprint()
+    assert AVDigits(AVDigitsData(val_speakers=[]), _module_data_dir(), seed=0).fingerprint() == av.fingerprint()
+    for bad, why in ((["theodore"], "unknown speaker"), (["lucas"], "other than test_speakers"),
+                     (["george", "jackson", "nicolas", "theo"], "leave one to train on")):
+        with pytest.raises(DataError, match=why):
+            AVDigits(AVDigitsData(val_speakers=bad), _module_data_dir(), seed=0)

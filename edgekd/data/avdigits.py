@@ -83,9 +83,12 @@ class AVDigits:
         require_avdigits(root)
         names, clips, wav_hash = _read_fsdd(str(root / "fsdd" / "recordings"))
         pixels, digits, mnist_hash = _read_mnist(str(root / "mnist5k" / "mnist_5k.csv.gz"))
-        unknown = sorted(set(cfg.test_speakers) - set(SPEAKERS))
-        if unknown:
-            raise DataError(f"recipe.data.test_speakers: unknown speaker(s) {unknown}; choose from {list(SPEAKERS)}")
+        for field in ("test_speakers", "val_speakers"):
+            unknown = sorted(set(getattr(cfg, field)) - set(SPEAKERS))
+            if unknown:
+                raise DataError(f"recipe.data.{field}: unknown speaker(s) {unknown}; choose from {list(SPEAKERS)}")
+        if (cfg.val_speakers and cfg.split != "speaker") or set(cfg.val_speakers) & set(cfg.test_speakers):
+            raise DataError("recipe.data.val_speakers must be speakers other than test_speakers, with split: speaker")
 
         parts = [n[:-4].split("_") for n in names]
         self._labels = np.array([int(p[0]) for p in parts], dtype=np.int64)
@@ -96,7 +99,13 @@ class AVDigits:
             raise DataError("recipe.data.test_speakers holds out every speaker; leave at least one for training")
         self._index = {"train": np.flatnonzero(~is_test), "test": np.flatnonzero(is_test)}
         self._names = names
-        if cfg.val_fraction > 0:  # settings are chosen here, never on test: a seeded share of each digit's train clips
+        if cfg.val_speakers:  # settings are chosen on speakers no model trains on, like the test split's
+            is_val = np.isin(speaker, cfg.val_speakers)
+            if (is_val | is_test).all():
+                raise DataError("recipe.data.val_speakers and test_speakers hold out every speaker; leave one to train on")
+            self._index = {"train": np.flatnonzero(~is_test & ~is_val), "val": np.flatnonzero(is_val),
+                           "test": np.flatnonzero(is_test)}
+        elif cfg.val_fraction > 0:  # settings are chosen here, never on test: a seeded share of each digit's train clips
             rng = np.random.default_rng([seed, 23])
             train, val = [], []
             for c in range(10):
@@ -149,7 +158,9 @@ class AVDigits:
         }
         self.num_pairings = cfg.pairings
         self._fingerprint = hashlib.sha256(
-            f"{wav_hash}{mnist_hash}{cfg.model_dump_json()}{seed}".encode()
+            # unset val_speakers stays out, so runs made before the field existed keep their fingerprint
+            f"{wav_hash}{mnist_hash}{cfg.model_dump_json(exclude=None if cfg.val_speakers else {'val_speakers'})}"
+            f"{seed}".encode()
         ).hexdigest()[:16]
 
     def has_split(self, name: str) -> bool:
