@@ -45,7 +45,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("prune", ("prune",), trains=True,
           metrics=("flops_before", "flops", "params_before", "params", "accuracy_before", "accuracy_pruned",
                    "accuracy", "val_accuracy_before", "val_accuracy_pruned", "val_accuracy"),
-          help="Prune the distilled student's channels with ModelOpt FastNAS under a FLOPs or parameter bound, "
+          help="Prune the distilled student's channels with ModelOpt FastNAS under a FLOPs or parameter bound, or "
+               "pick the most accurate pruned candidate that meets a measured latency budget (prune.constraint), "
                "then recover it by distillation (skipped unless prune.enabled)."),
     Stage("qat", ("qat",), trains=True,
           metrics=("fp32_accuracy", "ptq_accuracy", "accuracy", "val_accuracy", "fp32_val_accuracy", "budget"),
