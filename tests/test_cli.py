@@ -398,26 +398,17 @@ def test_folder_dataset_with_all_four_modalities_end_to_end(tmp_path, capsys):
     """A user's folder (colour images, audio as 16-bit wav, 24-bit wav, float wav and FLAC, text,
     vector) through every stage with tiny models, then predict from raw files of each kind."""
     from conftest import WORDS as words
-    from conftest import four_modality_folder
+    from conftest import four_modality_folder, four_modality_recipe
 
     folder = tmp_path / "mydata"
     rows = four_modality_folder(folder, 36, FORMATS)
     recipe = tmp_path / "mine.yaml"
-    recipe.write_text(f"""
-name: mine
-data:
-  name: folder
-  path: {folder}
-  modalities: {{photo: image, clip: audio, caption: text, feats: vector}}
-  image_size: 12
-  image_mode: rgb
-  audio: {{seconds: 0.25, n_mels: 16}}
-teacher: {{hidden: 16, layers: 1, heads: 2, epochs: 1, batch_size: 8, fusion: concat, image_patch: 4}}
-student: {{name: fusion_tiny, fusion: attention}}
-distill: {{epochs: 1, batch_size: 8, beta_modality: 0.5}}
-qat: {{epochs: 1, batch_size: 8, calib_batches: 1}}
-export: {{cpu_int8_min_agreement: 0.0}}  # one epoch, 6 test rows: near-tied logits flip under INT8
-bench: {{batches: [1], backends: [onnxruntime-cpu], min_seconds: 0.1, max_seconds: 0.5}}
+    recipe.write_text(four_modality_recipe(folder, "mine") + """
+student: {name: fusion_tiny, fusion: attention}
+distill: {epochs: 1, batch_size: 8, beta_modality: 0.5}
+qat: {epochs: 1, batch_size: 8, calib_batches: 1}
+export: {cpu_int8_min_agreement: 0.0}  # one epoch, 6 test rows: near-tied logits flip under INT8
+bench: {batches: [1], backends: [onnxruntime-cpu], min_seconds: 0.1, max_seconds: 0.5}
 """)
     code, out, err = cli(capsys, "run", recipe, "--run-dir", tmp_path / "run", "-q")
     assert code == 0, err

@@ -116,27 +116,17 @@ def test_every_fusion_variant_prunes_under_the_bound_and_exports(fusion, tmp_pat
 def test_a_student_of_every_modality_kind_prunes_and_exports(tmp_path, capsys):
     """Image (colour), audio, text and vector inputs from a user's folder: pruned under a FLOPs
     bound, recovered, quantized and exported through the parity ladder."""
-    from conftest import cli, four_modality_folder
+    from conftest import cli, four_modality_folder, four_modality_recipe
 
     folder = tmp_path / "mydata"
     four_modality_folder(folder, 60)
     recipe = tmp_path / "mine.yaml"
-    recipe.write_text(f"""
-name: mine
-data:
-  name: folder
-  path: {folder}
-  modalities: {{photo: image, clip: audio, caption: text, feats: vector}}
-  image_size: 12
-  image_mode: rgb
-  val_fraction: 0.2
-  audio: {{seconds: 0.25, n_mels: 16}}
-teacher: {{hidden: 16, layers: 1, heads: 2, epochs: 1, batch_size: 8, fusion: concat, image_patch: 4}}
-student: {{name: fusion_base, fusion: gated}}
-distill: {{epochs: 1, batch_size: 8}}
-prune: {{enabled: true, flops: 70%, epochs: 1, batch_size: 8, channel_divisor: 8}}
-qat: {{epochs: 1, batch_size: 8, calib_batches: 1, compare: false}}
-export: {{cpu_int8_min_agreement: 0.0, qdq_tolerance: 0.06}}
+    recipe.write_text(four_modality_recipe(folder, "mine", "\n  val_fraction: 0.2") + """
+student: {name: fusion_base, fusion: gated}
+distill: {epochs: 1, batch_size: 8}
+prune: {enabled: true, flops: 70%, epochs: 1, batch_size: 8, channel_divisor: 8}
+qat: {epochs: 1, batch_size: 8, calib_batches: 1, compare: false}
+export: {cpu_int8_min_agreement: 0.0, qdq_tolerance: 0.06}
 """)
     code, _, err = cli(capsys, "run", recipe, "--run-dir", tmp_path / "run", "-q", "--until", "export")
     assert code == 0, err
