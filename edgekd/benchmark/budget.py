@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.benchmark import harness
+from edgekd.benchmark.gate import interval
 from edgekd.benchmark.runners import ORT_PROVIDERS, fast_call, open_onnx
-from edgekd.benchmark.stats import mean_ci, percentile, quantile_ci
+from edgekd.benchmark.stats import percentile
 from edgekd.errors import BundleError, UsageError
 
 CONFIDENCE = 0.95  # the gate's default
@@ -100,18 +101,9 @@ def measure(cands: list[Candidate], budget, feeds: dict, threads: int, *,
         if res.skipped:
             c.latency = {"skipped": res.skipped}
             continue
-        c.latency = dict(zip(("value", "lo", "hi"), interval(res.latencies_ms, budget.metric)),
+        bounds = interval({"latencies_ms": res.latencies_ms.tolist()}, budget.metric, CONFIDENCE)  # exactly the gate's
+        c.latency = dict(zip(("value", "lo", "hi"), (None if v is None else round(float(v), 4) for v in bounds)),
                          samples=int(res.latencies_ms.size), converged=bool(res.converged))
-
-
-def interval(lat: np.ndarray, metric: str) -> tuple[float, float | None, float | None]:
-    """(value, lo, hi) of a latency statistic with its confidence bounds, in ms, rounded to 0.1 us."""
-    if metric == "mean_ms":
-        value, (lo, hi) = float(lat.mean()), mean_ci(lat, CONFIDENCE)
-    else:
-        p = int(metric[1:3]) / 100
-        value, (lo, hi) = percentile(lat, 100 * p), quantile_ci(lat, p, CONFIDENCE)
-    return tuple(None if v is None else round(float(v), 4) for v in (value, lo, hi))
 
 
 def meets(c: Candidate, budget) -> bool:

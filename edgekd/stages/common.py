@@ -38,7 +38,7 @@ def load_model(run, role: str):
     stage, weights, config = ROLES[role]
     if role == "baseline" and run.is_done("distill") and weights not in run.stage("distill")["outputs"]:
         raise UsageError("this run trained no baseline; set distill.baseline: true in the recipe and re-run distill")
-    if role == "student" and run.is_done("prune") and "model" in run.stage("prune")["outputs"]:  # the pruned, recovered student replaces the distilled one
+    if role == "student" and pruned(run) is not None:  # the pruned, recovered student replaces the distilled one
         from edgekd.quant.prune import restore_pruned
 
         model, cfg = distilled_student(run)
@@ -51,6 +51,13 @@ def load_model(run, role: str):
         fold_batchnorm(model)
         return restore_quantized(model, run.artifact("qat", "model")).eval(), cfg
     return load_saved(run.artifact(stage, weights), run.artifact(stage, config))
+
+
+def pruned(run) -> dict | None:
+    """The prune stage's metrics when its pruned student replaced the distilled one, else None
+    (not run, skipped, or the unpruned student won a latency budget)."""
+    entry = run.stage("prune") if run.is_done("prune") else None
+    return entry["metrics"] if entry and "model" in entry["outputs"] else None
 
 
 def distilled_student(run):

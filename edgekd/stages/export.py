@@ -31,7 +31,7 @@ from edgekd.rundir import RunDir
 from edgekd.runtime import drift
 from edgekd.runtime.bundle import write_bundle
 from edgekd.runtime.runner import OrtRunner
-from edgekd.stages.common import check_data, load_model, pct, student_data, teacher_data, threads
+from edgekd.stages.common import check_data, load_model, pct, pruned, student_data, teacher_data, threads
 from edgekd.trt.lint import check, format_report, lint_onnx
 
 # what each artifact is, for the bundle and the bench
@@ -138,12 +138,10 @@ def parity(files: dict[str, Path], models: dict, tests: dict, cfg, threads_: int
 def bundle(run: RunDir, data, tests: dict, files, metrics, config, embed_dim: int, used: set[str]) -> Path:
     """The device bundle: the models, io_spec, preprocess parameters, labels and (optionally) the
     test split's model inputs, so `edgekd bench` on a device reports accuracy on its own backend."""
-    prune = run.stage("prune") or {}
-    pruned = "model" in prune.get("outputs", {})  # the students are the pruned one: its FLOPs, and where it came from
-    pm = prune.get("metrics") or {}
-    flops = {"student": pm["flops"] if pruned else run.stage("distill")["metrics"].get("flops"),
+    pm = pruned(run)  # the students are the pruned one: its FLOPs, and where it came from
+    flops = {"student": pm["flops"] if pm else run.stage("distill")["metrics"].get("flops"),
              "teacher": run.stage("teacher")["metrics"].get("flops")}
-    origin = {"pruned": {"flops_before": pm.get("flops_before"), "constraint": pm.get("constraint")}} if pruned else {}
+    origin = {"pruned": {"flops_before": pm["flops_before"], "constraint": pm["constraint"]}} if pm else {}
     models = {k: {**KINDS[k], "accuracy": metrics[k]["accuracy"], "flops": flops[KINDS[k]["role"]],
                   **(origin if KINDS[k]["role"] == "student" else {})} for k in files}
     # every model's inputs: the student's, and the teacher's own where its processors made them

@@ -75,7 +75,7 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
     from edgekd.distill.evaluate import evaluate
     from edgekd.distill.losses import Projectors, loss_weights
     from edgekd.distill.trainer import Job, train
-    from edgekd.files import atomic_path, atomic_write_json, sha256_file
+    from edgekd.files import atomic_path, atomic_write_json
     from edgekd.models import count_flops, count_params
     from edgekd.quant.int8 import modelopt
     from edgekd.quant.prune import positional, prune_to
@@ -124,7 +124,8 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         calib = [{n: train_split.inputs[n][order[i:i + 64]] for n in names}
                  for i in range(0, min(len(order), 64 * p.calib_batches), 64)]
         loader = [tuple(torch.from_numpy(b[n]) for n in names) for b in calib]
-        key = f"{sha256_file(run.artifact('distill', 'weights'))}:{divisor}:{p.calib_batches}:{data.fingerprint()}"
+        weights = run.stage("distill")["outputs"]["weights"]["sha256"]  # verified by distilled_student
+        key = f"{weights}:{divisor}:{p.calib_batches}:{data.fingerprint()}"
         search = _search_checkpoint(out, key, resume)
 
         def prune(bound: dict):

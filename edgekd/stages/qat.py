@@ -29,7 +29,16 @@ from edgekd.quant.int8 import (
 )
 from edgekd.recipe import recipe_hash
 from edgekd.rundir import RunDir
-from edgekd.stages.common import check_data, load_model, pct, student_data, teacher_data, threads, val_accuracy
+from edgekd.stages.common import (
+    check_data,
+    load_model,
+    pct,
+    pruned,
+    student_data,
+    teacher_data,
+    threads,
+    val_accuracy,
+)
 
 
 def list_layers(run: RunDir) -> list[str]:
@@ -123,15 +132,15 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
                                        "exclude": q.exclude, "quantize_embeddings": q.quantize_embeddings}})
         qtable = quantizers(final)
         teacher_acc = run.stage("teacher")["metrics"]["accuracy"]
-        pruned = (run.stage("prune") or {}).get("metrics") or {}
+        p = pruned(run)
         rows = [("teacher (FP32)", teacher_acc)]
-        if "model" in (run.stage("prune") or {}).get("outputs", {}):  # the pruned student replaced the distilled one
-            rows.append(("student FP32, distilled (before pruning)", pruned["accuracy_before"]))
-        rows += [("student FP32" + (f", pruned to {pruned['flops_ratio']:.0%} FLOPs and recovered" if len(rows) > 1
-                                    else ""), fp32_result["accuracy"]),
+        if p:
+            rows.append(("student FP32, distilled (before pruning)", p["accuracy_before"]))
+        rows += [("student FP32" + (f", pruned to {p['flops_ratio']:.0%} FLOPs and recovered" if p else ""),
+                  fp32_result["accuracy"]),
                  (f"student INT8 PTQ ({q.algorithm}, {q.calib_batches} batches)", ptq_result["accuracy"])]
         rows += [(_label(*variants[k]), results[k]["accuracy"]) for k in sorted(variants, key=lambda k: k == main)]
-        budget, budget_md = _budget(rows, base=len(rows) - 2 - len(variants))
+        budget, budget_md = _budget(rows, base=2 if p else 1)  # the FP32 student the INT8 ones come from
         outputs["budget"] = atomic_write_json(out_dir / "budget.json", budget)
         outputs["budget_md"] = atomic_write_text(out_dir / "budget.md", "# Accuracy budget (test split)\n\n" + budget_md)
         outputs["eval"] = atomic_write_json(out_dir / "eval.json", {
