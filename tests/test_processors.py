@@ -387,14 +387,62 @@ def test_clip_style_padding_with_the_end_token_keeps_the_first_one(tmp_path):
     assert mask.int().tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]]
 
 
-def test_siglip_is_refused_in_one_line(tmp_path, capsys, data):
+def _siglip(path: Path) -> Path:
+    """A tiny SigLIP with a fast tokenizer that pads with its end token to the full 16 positions."""
     import transformers as t
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-    path = tmp_path / "siglip"
+    vocab = ["<unused>", "</s>", "<unk>", *WORDS]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    t.PreTrainedTokenizerFast(tokenizer_object=core, model_max_length=16, pad_token="</s>", eos_token="</s>",
+                              unk_token="<unk>").save_pretrained(str(path))
     small = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
-    t.SiglipModel(t.SiglipConfig(text_config={**small, "vocab_size": 32}, vision_config={**small, "image_size": 16,
-                                                                                         "patch_size": 8})).save_pretrained(path)
+    import torch
+
+    torch.manual_seed(0)
+    text = {**small, "vocab_size": len(vocab), "max_position_embeddings": 16, "pad_token_id": 1, "eos_token_id": 1}
+    t.SiglipModel(t.SiglipConfig(text_config=text, vision_config={**small, "image_size": 16, "patch_size": 8})
+                  ).save_pretrained(path)
+    t.SiglipImageProcessor(size={"height": 16, "width": 16}).save_pretrained(path)
+    return path
+
+
+def test_siglip_towers_read_fixed_length_unmasked_texts(tmp_path, capsys, data):
+    """SigLIP's text tower pools its last position over texts padded to the full table, unmasked, as
+    its own processor pads them: edgekd keeps that length instead of cutting to the longest text."""
+    import torch
+    from transformers import AutoTokenizer, SiglipModel
+
+    path = _siglip(tmp_path / "siglip")
     capsys.readouterr()  # transformers' own notes on this tiny config, written while saving it
     run = tmp_path / "run"
-    code, _, err = cli(capsys, "run", recipe(tmp_path, data, f"pretrained: {path}"), "--run-dir", run, "-q")
-    assert code == 1 and len(err.strip().splitlines()) == 1 and "SigLIP" in err and not run.exists()
+    code, _, err = cli(capsys, "run", recipe(tmp_path, data, f"pretrained: {path}"), "--run-dir", run, "--until",
+                       "export", "-q")
+    assert code == 0, err
+    m = _manifest(run)
+    config = json.loads((run / "teacher" / "config.json").read_text())
+    assert config["options"]["encoders"]["caption__teacher"]["fixed_length"] is True
+    assert config["processors"]["caption"]["max_length"] == 16 and config["processors"]["caption"]["pad_id"] == 1
+    emb = np.load(run / m["teacher"]["metrics"]["embeddings"]["caption__teacher"]["cache"] / "caption__teacher.npy")
+    texts = [json.loads(x)["caption"] for x in (data / "metadata.jsonl").read_text().splitlines()]
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    ids = tok(texts, padding="max_length", max_length=16, truncation=True, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        want = SiglipModel.from_pretrained(str(path), local_files_only=True).eval().get_text_features(input_ids=ids)
+    want = want if isinstance(want, torch.Tensor) else want.pooler_output
+    np.testing.assert_allclose(emb, want.numpy(), atol=1e-5)  # what the model says through its own processor
+    assert m["export"]["metrics"]["teacher_fp32"]["top1_agreement"] == 1.0  # the exported graph keeps the length too
+
+
+def test_a_teacher_tokenizer_that_pads_with_1_pads_with_1_on_the_device():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from edgekd.runtime.preprocess import text_ids
+
+    core = Tokenizer(models.WordLevel({"<unk>": 0, "<pad>": 1, "red": 2, "cat": 3}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    p = {"max_length": 5, "tokenizer_json": core.to_str(), "pad_id": 1}
+    assert text_ids("red cat", p).tolist() == [2, 3, 1, 1, 1]
+    assert text_ids("red cat", {**p, "pad_id": 0}).tolist() == [2, 3, 0, 0, 0]

@@ -52,11 +52,12 @@ def embed_rows(encoder, rows: np.ndarray, batch_size: int = 64, progress=None, l
     else:
         order = np.arange(len(rows))
     out, flops = None, 0.0
+    fixed = text and getattr(encoder, "fixed_length", False)  # SigLIP: every position runs, none is cut
 
     def batch(i):
         idx = order[i : i + batch_size]
         x = torch.from_numpy(np.ascontiguousarray(rows[idx]))
-        return idx, (x[:, : max(1, int(lengths[idx].max()))] if text else x)
+        return idx, (x[:, : max(1, int(lengths[idx].max()))] if text and not fixed else x)
 
     first = batch(0) if len(rows) else None
     if first is not None and not text:  # counted on the first batch, before the pass (which may move to CUDA)
@@ -76,7 +77,7 @@ def embed_rows(encoder, rows: np.ndarray, batch_size: int = 64, progress=None, l
     if progress:
         progress.remove_task(task)
     if text:
-        flops = 2.0 * _params_without_embeddings(encoder.net) * float(lengths.sum())
+        flops = 2.0 * _params_without_embeddings(encoder.net) * float(rows.size if fixed else lengths.sum())
     encoder.to("cpu")  # where the rest of the teacher is
     return out, {"rows": int(len(rows)), "seconds": round(seconds, 2), "samples_per_s": round(len(rows) / seconds, 1),
                  "gflops_per_s": round(flops / seconds / 1e9, 1), **where}

@@ -109,6 +109,7 @@ class HFEncoder(nn.Module):
         self.pooled = bool(source.get("pooled", self.tower or (self.auto and (spec.kind == "text" or self.native))))
         self.pad_id = int(source.get("pad_id", 0))
         self.pad_is_eos = bool(source.get("pad_is_eos"))
+        self.fixed_length = bool(source.get("fixed_length"))  # SigLIP: every text its full length, no mask
         self.input_shape = tuple(spec.shape)
         if source.get("hf_config"):  # rebuilding a saved teacher
             self.net = _from_config(AutoConfig.for_model(**source["hf_config"]), self.auto)
@@ -166,12 +167,15 @@ class HFEncoder(nn.Module):
         """(B, D): one embedding per sample, pooled as the pretrained model pools."""
         if self.kind == "text":
             keep = self.text_mask(x)
-            if not torch.onnx.is_in_onnx_export() and keep.any():  # ids are right-padded: cut to the longest text
+            if not self.fixed_length and not torch.onnx.is_in_onnx_export() and keep.any():  # right-padded: cut
                 width = int(keep.sum(1).max())  # (the graph an export traces keeps the full width)
                 x, keep = x[:, :width], keep[:, :width]
         if self.tower:
             get = getattr(self.net, TOWERS[self.tower][0])
-            out = get(input_ids=x, attention_mask=keep.long()) if self.kind == "text" else get(x)
+            if self.kind != "text":
+                out = get(x)
+            else:
+                out = get(input_ids=x) if self.fixed_length else get(input_ids=x, attention_mask=keep.long())
             return out if isinstance(out, torch.Tensor) else out.pooler_output  # transformers 5 returns an output
         if self.kind == "text":
             tokens = self.net(input_ids=x, attention_mask=keep.long()).last_hidden_state
@@ -239,7 +243,8 @@ class MultimodalTeacher(nn.Module):
     def encoder_sources(self) -> dict:
         """What rebuilds each transformers encoder offline (stored in the teacher's config.json)."""
         return {n: {"hf_config": e.net.config.to_dict(), "auto": e.auto, "pooled": e.pooled, "pad_id": e.pad_id,
-                    **{k: v for k, v in (("tower", e.tower), ("native", e.native), ("pad_is_eos", e.pad_is_eos)) if v}}
+                    **{k: v for k, v in (("tower", e.tower), ("native", e.native), ("pad_is_eos", e.pad_is_eos),
+                                                    ("fixed_length", e.fixed_length)) if v}}
                 for n, e in self.encoders.items() if isinstance(e, HFEncoder)}
 
     def pretrained(self) -> list[str]:

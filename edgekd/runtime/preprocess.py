@@ -183,12 +183,13 @@ def vector_array(values, p: dict) -> np.ndarray:
 
 
 def text_ids(text: str, p: dict, tokenizer=None) -> np.ndarray:
-    """Token ids (max_length,) padded with 0; `tokenizer` is a `tokenizers.Tokenizer`."""
+    """Token ids (max_length,) padded with the tokenizer's pad id (0 unless `pad_id` says otherwise:
+    a teacher's own tokenizer may pad with 1, as RoBERTa and SigLIP do); `tokenizer` is a `tokenizers.Tokenizer`."""
     if tokenizer is None:
         from tokenizers import Tokenizer
 
         tokenizer = Tokenizer.from_str(p["tokenizer_json"])
     ids = tokenizer.encode(text).ids[: int(p["max_length"])]
-    out = np.zeros(int(p["max_length"]), dtype=np.int64)
+    out = np.full(int(p["max_length"]), int(p.get("pad_id", 0)), dtype=np.int64)
     out[: len(ids)] = ids
     return out

@@ -89,10 +89,9 @@ def _whole_model(t, data, out: Plan) -> None:
         out.name, out.sources = "hf_classifier", {mine[0]: {**source, "auto_class": auto}}
         out.options = {"columns": match_labels(config.id2label, data.classes, where)}
         return
-    if config.model_type.startswith("siglip"):  # its text tower pools the last of its fixed 64 positions
-        raise CheckpointError(f"{where}: {path.name} is a SigLIP model, which edgekd does not support yet (its text "
-                              "tower pools a fixed padded position); use a CLIP-style model or one encoder per "
-                              "modality (teacher.encoders.<modality>.pretrained)")
+    # SigLIP's text tower was trained on texts padded to its full position table, unmasked, and pools the
+    # last position: its texts keep that fixed length (not cut to the batch's longest) and no attention mask
+    fixed = config.text_config.max_position_embeddings if config.model_type.startswith("siglip") else None
     with torch.device("meta"), quiet_transformers():  # which towers it has, without allocating its weights
         model = AutoModel.from_config(config)
     for m, spec in data.modalities.items():
@@ -102,6 +101,8 @@ def _whole_model(t, data, out: Plan) -> None:
                 raise RecipeError(f"recipe.teacher: '{m}' has both teacher.pretrained's {spec.kind} tower and "
                                   f"teacher.encoders.{m}; drop one")
             out.sources[m] = {**source, "tower": spec.kind}
+            if fixed and spec.kind == "text":
+                out.sources[m].update({"fixed_length": True, "max_length": fixed})
     if not any("tower" in s for s in out.sources.values()):
         raise CheckpointError(f"{where}: {path.name} ({config.model_type}, {', '.join(config.architectures or [])}) is "
                               "neither a dual encoder with a tower for the data's modalities (get_image_features, "
