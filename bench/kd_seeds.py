@@ -39,6 +39,7 @@ def distill_run(recipe: Path, teacher: Path, seed: int, run_dir: Path, overrides
         raise SystemExit(f"seed {seed} failed: {done.stderr.strip().splitlines()[-1] if done.stderr else done.returncode}")
     m = json.loads((run_dir / "manifest.json").read_text())["stages"]["distill"]["metrics"]
     return {"seed": seed, "student": m["accuracy"], "baseline": m["baseline_accuracy"], "gain": m["kd_gain"],
+            "student_val": m.get("val_accuracy"), "baseline_val": m.get("baseline_val_accuracy"),
             "teacher": m["teacher_accuracy"], "wall_s": round(time.perf_counter() - t0, 1)}
 
 
@@ -55,8 +56,10 @@ def t95(df: int) -> float:
 
 def summarize(rows: list[dict]) -> dict:
     out = {"seeds": len(rows)}
-    for key in ("student", "baseline", "gain"):
-        xs = [r[key] for r in rows]
+    for key in ("student", "baseline", "gain", "student_val", "baseline_val"):
+        xs = [r[key] for r in rows if r.get(key) is not None]
+        if not xs:
+            continue
         mean = statistics.fmean(xs)
         sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
         half = t95(len(xs) - 1) * sd / math.sqrt(len(xs)) if len(xs) > 1 else float("nan")
@@ -82,13 +85,16 @@ def main() -> None:
         rows = list(pool.map(lambda s: distill_run(a.recipe.resolve(), a.teacher.resolve(), s, out / f"seed-{s}",
                                                    a.overrides), seeds))
     for r in rows:
+        val = f"  (val {r['student_val']:.3f} / {r['baseline_val']:.3f})" if r.get("student_val") is not None else ""
         print(f"seed {r['seed']}: student {r['student']:.3f}  baseline {r['baseline']:.3f}  "
-              f"gain {r['gain']:+.3f}  ({r['wall_s']} s)")
+              f"gain {r['gain']:+.3f}{val}  ({r['wall_s']} s)")
     s = summarize(rows)
     g = s["gain"]
     print(f"{a.recipe.name} {' '.join(a.overrides)}: student {s['student']['mean']:.4f} ± {s['student']['std']:.4f}, "
           f"baseline {s['baseline']['mean']:.4f} ± {s['baseline']['std']:.4f}, KD gain {g['mean']:+.4f} "
-          f"(95% CI {g['ci95'][0]:+.4f} … {g['ci95'][1]:+.4f}; positive in {s['gain_positive']}/{s['seeds']} seeds)")
+          f"(95% CI {g['ci95'][0]:+.4f} … {g['ci95'][1]:+.4f}; positive in {s['gain_positive']}/{s['seeds']} seeds)"
+          + (f"; val: student {s['student_val']['mean']:.4f}, baseline {s['baseline_val']['mean']:.4f}"
+             if "student_val" in s and "baseline_val" in s else ""))
     (out / "kd_seeds.json").write_text(json.dumps({"recipe": str(a.recipe), "overrides": a.overrides,
                                                     "runs": rows, "summary": s}, indent=2) + "\n")
 

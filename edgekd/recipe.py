@@ -111,6 +111,9 @@ class DistillConfig(Optim):
     beta_modality: float = Field(0.0, ge=0, description="Weight of the per-modality feature losses.")
     baseline: bool = Field(True, description="Also train the same student without distillation.")
     cache: bool = Field(True, description="Cache teacher outputs once per pairing instead of running it live.")
+    views: int = Field(1, ge=1, le=32, description="Train views: K > 1 adds K-1 seeded copies of the train split "
+                       "whose texts lose words, cycled over epochs, each with the teacher's own (cached) targets.")
+    word_dropout: float = Field(0.2, ge=0, lt=1, description="views > 1: chance of dropping each word of a text.")
     seed: int | None = Field(
         None, ge=0, le=2**32 - 1, description="Seed for the students' initial weights, batch order and modality "
         "masks (default: the recipe's seed). Vary it with one teacher to measure the KD gain across seeds.")
@@ -208,10 +211,8 @@ class QatConfig(Optim):
         "max", description="ModelOpt INT8 calibration algorithm (smoothquant acts on Linear layers only)."
     )
     calib_batches: int = Field(16, ge=1, description="Real train batches (of batch_size) used for calibration.")
-    exclude: list[str] = Field(
-        default_factory=list,
-        description="Module-name patterns (fnmatch, e.g. 'encoders.image.body.0.*' or '*.out') kept unquantized.",
-    )
+    exclude: list[str] = Field(default_factory=list, description="Module-name patterns (fnmatch, e.g. "
+                               "'encoders.image.body.0.*' or '*.out') kept unquantized.")
     quantize_embeddings: bool = Field(False, description="Quantize nn.Embedding layers too (off: kept in FP32).")
     alpha: float | None = Field(None, ge=0, le=1, description="QAD: weight of the label loss (default: distill.alpha).")
     temperature: float | None = Field(None, gt=0, description="QAD: KD temperature (default: distill.temperature).")
@@ -307,6 +308,11 @@ class Recipe(Strict):
             kind = m if self.data.name == "avdigits" else self.data.modalities[m]  # avdigits: image, audio
             if self.teacher.encoders[m].max_length is not None and kind != "text":
                 raise ValueError(f"teacher.encoders.{m}.max_length: only text encoders take one ({m} is {kind})")
+        texts = [] if self.data.name == "avdigits" else [m for m in self.student.modalities or known
+                                                           if self.data.modalities[m] == "text"]
+        if self.distill.views > 1 and not texts:
+            raise ValueError(f"distill.views: {self.distill.views} augments the texts the student reads, and it reads "
+                             "none (views need a text modality of a folder dataset): set views: 1")
         return self
 
     @field_validator("name")

@@ -71,6 +71,19 @@ class FolderDataset:
     def fingerprint(self) -> str:
         return self._fingerprint
 
+    def with_texts(self, texts: dict[str, list[str]]) -> FolderDataset:
+        """The same rows with these text columns rewritten (an augmented view, edgekd.data.views):
+        raw texts replaced, the student's token ids re-encoded with this dataset's own tokenizer."""
+        from tokenizers import Tokenizer
+
+        inputs = dict(self._inputs)
+        for col, column in texts.items():
+            p = self.preprocess[col]
+            tok = Tokenizer.from_str(p["tokenizer_json"])
+            inputs[col] = np.stack([pp.text_ids(t, p, tokenizer=tok) for t in column])
+        return FolderDataset(self.name, self.modalities, self.classes, self.preprocess, inputs, self._labels,
+                             self._ids, self._splits, self._fingerprint, {**self.raw_text, **texts}, self.raw_files)
+
 
 def load_folder(cfg: FolderData, data_root: Path, seed: int) -> FolderDataset:
     folder = Path(cfg.path).expanduser()

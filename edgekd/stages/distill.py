@@ -9,6 +9,7 @@ import torch
 from edgekd.data import load_dataset
 from edgekd.data.processors import pruned_text_params
 from edgekd.data.teacher_inputs import TeacherView
+from edgekd.data.views import text_views, views_fingerprint, with_views
 from edgekd.distill.cache import TeacherTargets
 from edgekd.distill.embedding_init import init_text_embeddings
 from edgekd.distill.evaluate import evaluate
@@ -99,17 +100,26 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         teacher_names = list(teacher.names)
         names = student_modalities(r, data)
         processors = student_processors(r, data, names, teacher_processors)
-        sdata = TeacherView(data, processors, suffix="") if processors else data  # the student's own inputs
+        d = r.distill
+        # distill.views: augmented copies of the train split, each read through both input paths; a
+        # frozen encoder's cached embeddings are for the rows as written, so views 1.. feed it token ids
+        seed = distill_seed(r)  # the seed study (bench/kd_seeds.py) varies the views too
+        views = text_views(data, names, d.views, d.word_dropout, seed)
+        sdata = with_views([TeacherView(v, processors, suffix="") if processors else v for v in views],
+                           d.views, d.word_dropout, seed)  # the student's own inputs
+        tdata = with_views([teacher_data(run, v, embeddings=k == 0) for k, v in enumerate(views)],
+                           d.views, d.word_dropout, seed)
         started = run.begin("distill")
         teacher_sha = sha256_file(teacher_w)
         fingerprint = f"{recipe_hash(r)}:{data.fingerprint()}:{teacher_sha}"
 
         cache_dir = None
         if r.distill.cache:
-            cache_dir = run.path / "cache" / f"teacher-{teacher_sha[:12]}-{data.fingerprint()}"
-        targets = TeacherTargets(teacher, teacher_names, teacher_data(run, data), cache_dir)
+            key = views_fingerprint(data.fingerprint(), d.views, d.word_dropout, seed)
+            cache_dir = run.path / "cache" / f"teacher-{teacher_sha[:12]}-{key}"
+        targets = TeacherTargets(teacher, teacher_names, tdata, cache_dir)
         t0 = time.time()
-        targets.prepare(data.num_pairings)
+        targets.prepare(tdata.num_pairings)
         cache_seconds = round(time.time() - t0, 2)
 
         student, history, files, text_init = _fit_student(
@@ -128,6 +138,7 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
             "teacher_params_ratio": round(count_params(teacher) / count_params(student), 2),
             "modalities": names,
             "cache_seconds": cache_seconds if cache_dir else None,
+            **({"views": d.views, "word_dropout": d.word_dropout} if d.views > 1 else {}),
             "epoch_seconds": round(sum(h["seconds"] for h in history) / max(1, len(history)), 3),
             **({"text_init": text_init} if text_init else {}),
         }
