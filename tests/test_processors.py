@@ -1,5 +1,5 @@
 """Pretrained teachers that bring their own processors: image processors (ViT, ConvNeXt), feature
-extractors (Whisper, AST, wav2vec2), a CLIP dual encoder and fine-tuned classifiers -- tiny
+extractors (Whisper, AST, wav2vec2), CLIP, SigLIP and CLAP dual encoders and fine-tuned classifiers -- tiny
 random-weight models saved with save_pretrained here, loaded offline."""
 import json
 import wave
@@ -92,6 +92,16 @@ def save(kind: str, path: Path, **kw) -> Path:
                       intermediate_size=32)
         t.CLIPModel(t.CLIPConfig(text_config=text, vision_config=vision, projection_dim=12)).save_pretrained(path)
         t.CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(path)
+    elif kind == "clap":  # an audio tower (HTSAT, a small Swin over log-mel) beside a RoBERTa-style text tower
+        n = _tokenizer(path)
+        audio = dict(window_size=4, num_mel_bins=16, spec_size=64, patch_size=4, patch_stride=(4, 4), depths=[1, 1],
+                     num_attention_heads=[1, 1], patch_embeds_hidden_size=8, hidden_size=16, enable_fusion=False,
+                     projection_hidden_size=16)
+        text = dict(vocab_size=n, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                    max_position_embeddings=40, projection_hidden_size=16, pad_token_id=0)
+        t.ClapModel(t.ClapConfig(text_config=text, audio_config=audio, projection_dim=8)).save_pretrained(path)
+        t.ClapFeatureExtractor(feature_size=16, sampling_rate=16000, hop_length=160, max_length_s=1, fft_window_size=400,
+                               truncation="rand_trunc", padding="repeatpad").save_pretrained(path)
     elif kind == "text-classifier":
         n = _tokenizer(path)
         labels = kw.get("labels", ["A", "B", "C", "other"])
@@ -208,6 +218,37 @@ def test_clip_towers_fused_by_a_trained_head_through_every_stage(tmp_path, capsy
     code, out, err = cli(capsys, "predict", run / "bundle", "--model", "teacher_fp32", "--image", data / row["img"],
                          "--text", row["caption"])
     assert code == 2 and "CLIPImageProcessor" in err and "student" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.filterwarnings("ignore:At least one mel filter")  # transformers' note on this tiny mel bank
+def test_clap_style_audio_and_text_towers_teach_through_export(tmp_path, capsys, data):
+    """get_audio_features: the same tower lookup as CLIP's image tower, here over the model's own
+    feature extractor (resampled 8 kHz clips, 16 kHz log-mel)."""
+    import torch
+    from transformers import ClapModel
+
+    model = save("clap", tmp_path / "clap")
+    run = tmp_path / "run"
+    r = recipe(tmp_path, data, f"pretrained: {model}", mods="{wav: audio, caption: text}")
+    code, _, err = cli(capsys, "run", r, "--run-dir", run, "--until", "export", "-q")
+    assert code == 0, err
+    m = _manifest(run)
+    encoders = json.loads((run / "teacher" / "config.json").read_text())["options"]["encoders"]
+    assert encoders["wav__teacher"]["tower"] == "audio" and encoders["caption__teacher"]["tower"] == "text"
+    emb = m["teacher"]["metrics"]["embeddings"]
+    assert set(emb) == {"wav__teacher", "caption__teacher"}
+    cached = np.load(run / emb["wav__teacher"]["cache"] / "wav__teacher.npy")
+    from edgekd.data.processors import encode
+
+    p = json.loads((run / "teacher" / "config.json").read_text())["processors"]["wav"]
+    assert p["processor_class"] == "ClapFeatureExtractor" and p["sampling_rate"] == 16000
+    files = [data / json.loads(x)["wav"] for x in (data / "metadata.jsonl").read_text().splitlines()]
+    with torch.no_grad():
+        want = ClapModel.from_pretrained(str(model), local_files_only=True).eval().get_audio_features(
+            torch.from_numpy(encode(p, files)))
+    want = want if isinstance(want, torch.Tensor) else want.pooler_output
+    np.testing.assert_allclose(cached, want.numpy(), atol=1e-5)
+    assert m["export"]["metrics"]["teacher_fp32"]["top1_agreement"] == 1.0
 
 
 def test_a_fine_tuned_classifier_is_the_teacher_as_is(tmp_path, capsys, data):
