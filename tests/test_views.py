@@ -34,11 +34,11 @@ def test_views_change_train_texts_only_and_both_input_paths_follow(tmp_path):
 
     from edgekd.data.processors import text_params
     from edgekd.data.teacher_inputs import TeacherView
-    from edgekd.data.views import text_views, with_views
+    from edgekd.data.views import ViewSpec, text_views, with_views
     from edgekd.runtime.preprocess import text_ids
 
     data = _data(tmp_path)
-    views = text_views(data, ["img", "caption"], 3, 0.5, seed=0)
+    views = text_views(data, ["img", "caption"], ViewSpec(3, 0.5, 0))
     assert len(views) == 3 and views[0] is data
     train, test = set(data.split_rows("train")), data.split_rows("test")
     raw, changed = data.raw_text["caption"], 0
@@ -50,11 +50,11 @@ def test_views_change_train_texts_only_and_both_input_paths_follow(tmp_path):
             else:
                 assert text == raw[i]  # val and test are never augmented
     assert changed > 10
-    assert text_views(data, ["img", "caption"], 3, 0.5, seed=0)[2].raw_text == views[2].raw_text  # seeded
-    assert text_views(data, ["img", "caption"], 3, 0.5, seed=1)[2].raw_text != views[2].raw_text
+    assert text_views(data, ["img", "caption"], ViewSpec(3, 0.5, 0))[2].raw_text == views[2].raw_text  # seeded
+    assert text_views(data, ["img", "caption"], ViewSpec(3, 0.5, 1))[2].raw_text != views[2].raw_text
 
     tok = Tokenizer.from_str(data.preprocess["caption"]["tokenizer_json"])
-    both = with_views(views, 3, 0.5, 0)
+    both = with_views(views, ViewSpec(3, 0.5, 0))
     assert both.num_pairings == 3 and both.fingerprint() != data.fingerprint()
     split, rows = both.split("train", 2), data.split_rows("train")
     for j, i in enumerate(rows):  # the student's own ids of view 2 are its augmented texts
@@ -64,7 +64,7 @@ def test_views_change_train_texts_only_and_both_input_paths_follow(tmp_path):
     np.testing.assert_array_equal(both.split("test", 2).inputs["caption"], data.split("test").inputs["caption"])
 
     p = text_params(tiny_bert(tmp_path / "bert"), "here", 8)  # the teacher's path reads the same augmented text
-    teacher = with_views([TeacherView(v, {"caption": p}) for v in views], 3, 0.5, 0)
+    teacher = with_views([TeacherView(v, {"caption": p}) for v in views], ViewSpec(3, 0.5, 0))
     from edgekd.data.processors import encode_texts
 
     want = encode_texts([views[1].raw_text["caption"][i] for i in rows], p)
@@ -89,10 +89,10 @@ def test_distill_with_views_caches_the_teachers_targets_per_view(tmp_path, capsy
     # the teacher said something else of the augmented texts (with train: head its frozen encoder ran on
     # the view's token ids, not on the cached embeddings of the rows as written)
     assert not np.allclose(logits[0], logits[1]) and not np.allclose(logits[1], logits[2])
-    from edgekd.data.views import views_fingerprint
+    from edgekd.data.views import ViewSpec
 
-    assert views_fingerprint("abc", 1, 0.4, 0) == "abc"  # one view keeps a run's cache key
-    assert m["cache"].endswith(views_fingerprint(m["data_fingerprint"], 3, 0.4, 0))
+    assert ViewSpec(1, 0.4, 0).fingerprint("abc") == "abc"  # one view keeps a run's cache key
+    assert m["cache"].endswith(ViewSpec(3, 0.4, 0).fingerprint(m["data_fingerprint"]))
 
 
 def test_views_without_a_text_modality_are_a_one_line_recipe_error(tmp_path, capsys):
@@ -113,7 +113,8 @@ def test_the_teacher_pass_in_length_order_gives_every_row_its_own_outputs():
     from edgekd.models.registry import ModelOutput
 
     class Enc(torch.nn.Module):
-        pad_id = 0
+        def text_mask(self, ids):
+            return ids != 0
 
     class Teacher(torch.nn.Module):
         names = ["ids"]
@@ -139,4 +140,5 @@ def test_the_teacher_pass_in_length_order_gives_every_row_its_own_outputs():
     out = _teacher_outputs(Teacher(), ["ids"], {"ids": ids}, batch_size=64)
     np.testing.assert_array_equal(out["features"][:, 0], ids.sum(1))
     np.testing.assert_array_equal(out["logits"], 2 * out["features"])
-    assert _by_length(Teacher(), ["x"], {"x": np.zeros((3, 2), np.float32)}) is None  # float inputs: as they come
+    float_order = _by_length(Teacher(), ["x"], {"x": np.zeros((3, 2), np.float32)})
+    assert float_order.tolist() == [0, 1, 2]  # float inputs: as they come

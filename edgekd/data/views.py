@@ -11,10 +11,25 @@ pass per view. Val and test are never augmented.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 
-from edgekd.errors import RecipeError
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """distill.views, distill.word_dropout and the seed that draws the views."""
+
+    count: int
+    word_dropout: float
+    seed: int
+
+    def fingerprint(self, base: str) -> str:
+        """`base` for one view (so a run without views keeps its caches), else a key that names the views."""
+        if self.count == 1:
+            return base
+        key = f"{base}:views={self.count},word_dropout={self.word_dropout},seed={self.seed}"
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def drop_words(text: str, rng: np.random.Generator, p: float) -> str:
@@ -26,25 +41,22 @@ def drop_words(text: str, rng: np.random.Generator, p: float) -> str:
     return " ".join(kept or [words[int(rng.integers(len(words)))]])
 
 
-def text_views(data, names: list[str], count: int, word_dropout: float, seed: int) -> list:
+def text_views(data, names: list[str], spec: ViewSpec) -> list:
     """[data, view 1, ..., view count-1]: each view the dataset with the train rows' texts of
-    modalities `names` augmented (seeded by `seed` and the view's index), its own inputs re-encoded."""
-    if count == 1:
+    modalities `names` augmented (seeded by the spec's seed and the view's index), its own inputs
+    re-encoded. The recipe has already refused views for a student that reads no such text."""
+    if spec.count == 1:
         return [data]
     texts = [m for m in names if data.modalities[m].kind == "text"]
-    raw = getattr(data, "raw_text", None) or {}
-    if getattr(data, "num_pairings", 1) > 1 or not texts or any(m not in raw for m in texts):
-        raise RecipeError(f"recipe.distill.views: {count} augments the texts of a folder dataset's text modality, "
-                          f"and {getattr(data, 'name', 'this dataset')} has none the student reads: set views: 1")
     train = data.split_rows("train")
     views = [data]
-    for k in range(1, count):
-        rng = np.random.default_rng([seed, k, 0x7E475])
+    for k in range(1, spec.count):
+        rng = np.random.default_rng([spec.seed, k, 0x7E475])
         changed = {}
         for m in texts:
-            column = list(raw[m])
+            column = list(data.raw_text[m])
             for i in train:
-                column[i] = drop_words(column[i], rng, word_dropout)
+                column[i] = drop_words(column[i], rng, spec.word_dropout)
             changed[m] = column
         views.append(data.with_texts(changed))
     return views
@@ -54,10 +66,9 @@ class TrainViews:
     """Datasets of one row layout as one (the edgekd.data.base.Dataset protocol): train pairing k
     is view k; val and test, and everything else, come from view 0 (the rows as written)."""
 
-    def __init__(self, views: list, count: int, word_dropout: float, seed: int):
-        self.views = views
+    def __init__(self, views: list, spec: ViewSpec):
+        self.views, self.spec = views, spec
         self.num_pairings = len(views)
-        self._key = (count, word_dropout, seed)
 
     def __getattr__(self, name):  # name, classes, modalities, preprocess, params, raw_text, split_rows ...
         if name == "views":  # not set yet (copy, unpickling): no recursion through __getattr__
@@ -68,16 +79,9 @@ class TrainViews:
         return self.views[pairing if name == "train" else 0].split(name)
 
     def fingerprint(self) -> str:
-        return views_fingerprint(self.views[0].fingerprint(), *self._key)
+        return self.spec.fingerprint(self.views[0].fingerprint())
 
 
-def views_fingerprint(base: str, count: int, word_dropout: float, seed: int) -> str:
-    """`base` for one view (so a run without views keeps its caches), else a key that names the views."""
-    if count == 1:
-        return base
-    return hashlib.sha256(f"{base}:views={count},word_dropout={word_dropout},seed={seed}".encode()).hexdigest()[:16]
-
-
-def with_views(views: list, count: int, word_dropout: float, seed: int):
+def with_views(views: list, spec: ViewSpec):
     """One dataset for the trainer: view 0 itself when there is one view, else TrainViews."""
-    return views[0] if len(views) == 1 else TrainViews(views, count, word_dropout, seed)
+    return views[0] if len(views) == 1 else TrainViews(views, spec)

@@ -20,35 +20,31 @@ from edgekd.files import atomic_path, atomic_write_json
 _FILES = ("logits", "features")
 
 
-def _by_length(teacher, names: list[str], inputs: dict[str, np.ndarray]) -> np.ndarray | None:
-    """Row order by real token count when the teacher reads token ids: a pretrained text encoder cuts
-    each batch to its longest text, so batches of similar lengths waste no padded positions."""
+def _by_length(teacher, names: list[str], inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Row order by real token count where the teacher's encoders read token ids (their own
+    text_mask tells real tokens from padding): a pretrained text encoder cuts each batch to its
+    longest text, so batches of similar lengths waste no padded positions. Dataset order otherwise."""
     encoders = getattr(teacher, "encoders", {})
-    lengths = [(inputs[m] != getattr(encoders[m], "pad_id", 0)).sum(1) for m in names
-               if inputs[m].dtype.kind in "iu" and m in encoders]
-    return np.argsort(np.sum(lengths, axis=0), kind="stable") if lengths else None
+    lengths = [encoders[m].text_mask(torch.from_numpy(np.asarray(inputs[m]))).sum(1).numpy() for m in names
+               if inputs[m].dtype.kind in "iu" and m in encoders and hasattr(encoders[m], "text_mask")]
+    n = len(next(iter(inputs.values())))
+    return np.argsort(np.sum(lengths, axis=0), kind="stable") if lengths else np.arange(n)
 
 
 @torch.no_grad()
 def _teacher_outputs(teacher, names: list[str], inputs: dict[str, np.ndarray], batch_size: int = 256) -> dict:
     teacher.eval()
-    n = len(next(iter(inputs.values())))
     order = _by_length(teacher, names, inputs)
     chunks: dict[str, list] = {}
-    for i in range(0, n, batch_size):
-        rows = slice(i, i + batch_size) if order is None else np.sort(order[i : i + batch_size])
+    for i in range(0, len(order), batch_size):
+        rows = order[i : i + batch_size]
         out = teacher({m: torch.from_numpy(np.ascontiguousarray(inputs[m][rows])) for m in names})
         parts = {"logits": out.logits, "features": out.features}
         parts.update({f"mod_{m}": f for m, f in out.modality_features.items()})
         for k, v in parts.items():
             chunks.setdefault(k, []).append(v.float().numpy())
-    merged = {k: np.concatenate(v) for k, v in chunks.items()}
-    if order is None:
-        return merged
-    where = np.concatenate([np.sort(order[i : i + batch_size]) for i in range(0, n, batch_size)])
-    back = np.empty(n, dtype=np.int64)
-    back[where] = np.arange(n)
-    return {k: v[back] for k, v in merged.items()}
+    back = np.argsort(order)  # each row's outputs back at its own position
+    return {k: np.concatenate(v)[back] for k, v in chunks.items()}
 
 
 class TeacherTargets:

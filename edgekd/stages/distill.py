@@ -9,7 +9,7 @@ import torch
 from edgekd.data import load_dataset
 from edgekd.data.processors import pruned_text_params
 from edgekd.data.teacher_inputs import TeacherView
-from edgekd.data.views import text_views, views_fingerprint, with_views
+from edgekd.data.views import ViewSpec, text_views, with_views
 from edgekd.distill.cache import TeacherTargets
 from edgekd.distill.embedding_init import init_text_embeddings
 from edgekd.distill.evaluate import evaluate
@@ -102,21 +102,20 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         processors = student_processors(r, data, names, teacher_processors)
         d = r.distill
         # distill.views: augmented copies of the train split, each read through both input paths; a
-        # frozen encoder's cached embeddings are for the rows as written, so views 1.. feed it token ids
-        seed = distill_seed(r)  # the seed study (bench/kd_seeds.py) varies the views too
-        views = text_views(data, names, d.views, d.word_dropout, seed)
+        # frozen encoder's cached embeddings are for the rows as written, so views 1.. feed it token ids.
+        # Seeded by distill_seed: the seed study (bench/kd_seeds.py) varies the views too.
+        spec = ViewSpec(d.views, d.word_dropout, distill_seed(r))
+        views = text_views(data, names, spec)
         sdata = with_views([TeacherView(v, processors, suffix="") if processors else v for v in views],
-                           d.views, d.word_dropout, seed)  # the student's own inputs
-        tdata = with_views([teacher_data(run, v, embeddings=k == 0) for k, v in enumerate(views)],
-                           d.views, d.word_dropout, seed)
+                           spec)  # the student's own inputs
+        tdata = with_views([teacher_data(run, v, embeddings=k == 0) for k, v in enumerate(views)], spec)
         started = run.begin("distill")
         teacher_sha = sha256_file(teacher_w)
         fingerprint = f"{recipe_hash(r)}:{data.fingerprint()}:{teacher_sha}"
 
         cache_dir = None
         if r.distill.cache:
-            key = views_fingerprint(data.fingerprint(), d.views, d.word_dropout, seed)
-            cache_dir = run.path / "cache" / f"teacher-{teacher_sha[:12]}-{key}"
+            cache_dir = run.path / "cache" / f"teacher-{teacher_sha[:12]}-{spec.fingerprint(data.fingerprint())}"
         targets = TeacherTargets(teacher, teacher_names, tdata, cache_dir)
         t0 = time.time()
         targets.prepare(tdata.num_pairings)
