@@ -28,9 +28,9 @@ class Optim(Strict):
     modality_dropout: float = Field(
         0.2, ge=0, lt=1, description="Chance per sample and modality of training with that modality absent."
     )
-    augment: bool = Field(
-        False, description="Audio time shift + SpecAugment masks and image shifts during training."
-    )
+    augment: bool = Field(False, description="Audio time shift + SpecAugment masks and image shifts during training.")
+    group_by_length: bool = Field(True, description="Where a pretrained text encoder cuts padding: each run of 8 "
+                                  "shuffled batches sorted by text length (~1.4x faster steps); false: plain shuffle.")
 
 
 class EncoderSource(Strict):

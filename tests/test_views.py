@@ -113,6 +113,8 @@ def test_the_teacher_pass_in_length_order_gives_every_row_its_own_outputs():
     from edgekd.models.registry import ModelOutput
 
     class Enc(torch.nn.Module):
+        cuts_padding = True
+
         def text_mask(self, ids):
             return ids != 0
 

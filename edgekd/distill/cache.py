@@ -15,20 +15,18 @@ import torch
 from edgekd import distributed as dist
 from edgekd.contract import modality_of
 from edgekd.data.base import Dataset
+from edgekd.distill.lengths import token_lengths
 from edgekd.files import atomic_path, atomic_write_json
 
 _FILES = ("logits", "features")
 
 
 def _by_length(teacher, names: list[str], inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """Row order by real token count where the teacher's encoders read token ids (their own
-    text_mask tells real tokens from padding): a pretrained text encoder cuts each batch to its
-    longest text, so batches of similar lengths waste no padded positions. Dataset order otherwise."""
-    encoders = getattr(teacher, "encoders", {})
-    lengths = [encoders[m].text_mask(torch.from_numpy(np.asarray(inputs[m]))).sum(1).numpy() for m in names
-               if inputs[m].dtype.kind in "iu" and m in encoders and hasattr(encoders[m], "text_mask")]
+    """Row order by real token count where the teacher's encoders read token ids and cut padding
+    (edgekd.distill.lengths), so each batch of the pass holds texts of similar length. Dataset order otherwise."""
+    lengths = token_lengths(teacher, names, inputs)
     n = len(next(iter(inputs.values())))
-    return np.argsort(np.sum(lengths, axis=0), kind="stable") if lengths else np.arange(n)
+    return np.argsort(lengths, kind="stable") if lengths is not None else np.arange(n)
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ from edgekd import distributed as dist
 from edgekd.data.base import Dataset
 from edgekd.distill.augment import augment
 from edgekd.distill.cache import SelfTargets, TeacherTargets
+from edgekd.distill.lengths import GROUP_BATCHES, grouped, token_lengths
 from edgekd.distill.losses import Projectors, distill_loss
 from edgekd.errors import CheckpointError, TrainingError
 from edgekd.files import atomic_path
@@ -214,7 +215,11 @@ def _epochs(job, data, step, opt, sched, splits, start, history, steps_per_epoch
         if pairing not in splits:
             splits = {pairing: data.split("train", pairing)}  # keep one pairing in memory
         split = splits[pairing]
-        order = rank_order(np.random.default_rng([job.seed, epoch]).permutation(len(split)), world, rank)
+        order = np.random.default_rng([job.seed, epoch]).permutation(len(split))
+        lengths = token_lengths(job.model, job.names, split.inputs) if o.group_by_length else None
+        if lengths is not None:  # the global order, before the ranks take their shares
+            order = grouped(order, lengths, GROUP_BATCHES * o.batch_size)
+        order = rank_order(order, world, rank)
         step.train()
         seen = correct = 0
         loss_sum = 0.0

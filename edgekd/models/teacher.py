@@ -158,6 +158,12 @@ class HFEncoder(nn.Module):
         tokens = self.net(input_ids=x, attention_mask=(~pad).long()).last_hidden_state
         return self.proj(tokens), pad
 
+    @property
+    def cuts_padding(self) -> bool:
+        """Whether a batch of texts runs only to its longest text (embed below), so that batches of
+        similar lengths cost less (edgekd.distill.lengths)."""
+        return self.kind == "text" and self.pooled and not self.fixed_length
+
     def text_mask(self, ids: torch.Tensor) -> torch.Tensor:
         """Which token ids are real. Where the pad token is also end-of-text (CLIP), the first one is."""
         pad = (ids == self.pad_id).long()
