@@ -14,9 +14,11 @@ def token_lengths(model, names: list[str], inputs: dict[str, np.ndarray]) -> np.
     """Real tokens per row (as the encoder's own text_mask counts them), summed over the modalities
     whose encoder reads token ids and cuts padding; None where none does, as nothing is saved there."""
     encoders = getattr(model, "encoders", {})
-    lengths = [encoders[m].text_mask(torch.from_numpy(np.asarray(inputs[m]))).sum(1).numpy() for m in names
-               if np.asarray(inputs[m]).dtype.kind in "iu" and getattr(encoders[m] if m in encoders else None,
-                                                                       "cuts_padding", False)]
+    lengths = []
+    for m in names:
+        ids = np.asarray(inputs[m])
+        if ids.dtype.kind in "iu" and m in encoders and getattr(encoders[m], "cuts_padding", False):
+            lengths.append(encoders[m].text_mask(torch.from_numpy(ids)).sum(1).numpy())
     return np.sum(lengths, axis=0) if lengths else None
 
 

@@ -204,6 +204,7 @@ def _epochs(job, data, step, opt, sched, splits, start, history, steps_per_epoch
     batch = o.batch_size // world
     task = progress.add_task(job.label, total=o.epochs * steps_per_epoch, completed=start * steps_per_epoch) if progress else None
     kinds = {n: s.kind for n, s in data.modalities.items()}
+    lengths_of: dict[int, np.ndarray | None] = {}
     for epoch in range(start, o.epochs):
         t0 = time.perf_counter()
         # dropout and augmentation draw per rank (rank r's row j must not repeat rank 0's draws);
@@ -215,8 +216,10 @@ def _epochs(job, data, step, opt, sched, splits, start, history, steps_per_epoch
         if pairing not in splits:
             splits = {pairing: data.split("train", pairing)}  # keep one pairing in memory
         split = splits[pairing]
+        if pairing not in lengths_of:  # the rows' token counts, once per pairing (None: nothing to group)
+            lengths_of = {pairing: token_lengths(job.model, job.names, split.inputs) if o.group_by_length else None}
+        lengths = lengths_of[pairing]
         order = np.random.default_rng([job.seed, epoch]).permutation(len(split))
-        lengths = token_lengths(job.model, job.names, split.inputs) if o.group_by_length else None
         if lengths is not None:  # the global order, before the ranks take their shares
             order = grouped(order, lengths, GROUP_BATCHES * o.batch_size)
         order = rank_order(order, world, rank)
