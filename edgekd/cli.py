@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from edgekd import stages
+from edgekd.cli_data import register as _register_data
 from edgekd.cli_device import register as _register_device
 from edgekd.errors import EdgekdError, UsageError
 
@@ -338,6 +339,7 @@ def _join_torchrun() -> None:
 
 
 _register_device(app)  # serve, triton
+_register_data(data_app)  # prepare, verify
 
 
 def main(argv: list[str] | None = None) -> None:

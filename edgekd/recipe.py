@@ -239,6 +239,7 @@ class ExportConfig(Strict):
     testset: bool = Field(
         True, description="Ship the test split's model inputs in the bundle (testset.npz) so `edgekd bench` on a "
         "device reports accuracy through the device's backend.")
+    testset_rows: int = Field(2000, ge=0, description="testset.npz's rows at most (a seeded sample; 0: all).")
     fp32_tolerance: float = Field(1e-4, gt=0, description="Max abs logit diff, PyTorch FP32 vs onnxruntime FP32.")
     qdq_tolerance: float = Field(
         0.03, gt=0, description="Max abs logit diff, PyTorch fake-quant vs onnxruntime QDQ, as a fraction of the "

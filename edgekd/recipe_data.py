@@ -51,6 +51,10 @@ class AVDigitsData(Strict):
     audio: AudioFeatures = AudioFeatures()
 
 
+# data fields that change how fast, not what: no stage goes stale and the fingerprint ignores them
+MACHINE_ONLY = ("workers", "shard_rows")
+
+
 class FolderData(Strict):
     """A user's folder: metadata.jsonl or metadata.csv, one row per sample."""
 
@@ -74,6 +78,12 @@ class FolderData(Strict):
     text_max_length: int = Field(32, gt=0, description="Token ids per text, padded or cut.")
     text_vocab_size: int = Field(2000, ge=16, description="WordPiece vocabulary trained on train texts.")
     audio: AudioFeatures = AudioFeatures()
+    workers: int | None = Field(
+        None, ge=1, description="Processes that decode the data store and run teacher processors in loader "
+        "workers (default: every core). Changes no result, so no stage goes stale.")
+    shard_rows: int = Field(
+        4096, ge=1, description="Rows per data-store shard: the unit of parallel decoding and of resuming a "
+        "killed build. Changes no result.")
 
     @model_validator(mode="after")
     def _fractions(self):

@@ -9,6 +9,12 @@ from edgekd.data.base import ModalitySpec, Split
 
 torch.set_num_threads(1)  # tests and CI use one thread (see README: threads)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Data stores built by the tests live in one folder per test session (subprocesses inherit it), not in
+# the user's ~/.cache/edgekd: each dataset is decoded once per session and shared by its tests.
+if "EDGEKD_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["EDGEKD_CACHE"] = tempfile.mkdtemp(prefix="edgekd-test-cache-")
 ROOT = Path(__file__).resolve().parents[1]
 # What a device install leaves out. A probe script starting with BLOCK_TRAINING behaves as if none of
 # them were installed (`import torch` raises ImportError), the way the core-only CI job really is.

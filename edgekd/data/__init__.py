@@ -10,7 +10,7 @@ from edgekd.errors import DataError
 _LOADED: dict[tuple, Dataset] = {}
 
 
-def load_dataset(recipe, root: str | Path | None = None) -> Dataset:
+def load_dataset(recipe, root: str | Path | None = None, progress=None) -> Dataset:
     """The recipe's dataset, loaded once per process (stages of one `edgekd run` share it)."""
     root = data_root(root)
     key = (recipe.data.model_dump_json(), str(root), recipe.seed)
@@ -22,7 +22,7 @@ def load_dataset(recipe, root: str | Path | None = None) -> Dataset:
         else:
             from edgekd.data.folder import load_folder
 
-            _LOADED[key] = load_folder(recipe.data, root, recipe.seed)
+            _LOADED[key] = load_folder(recipe.data, root, recipe.seed, progress)
         data = _LOADED[key]
         for split in ("train", "test"):
             if not data.has_split(split) or len(data.split(split)) == 0:

@@ -19,6 +19,7 @@ import numpy as np
 
 from edgekd.contract import TEACHER_SUFFIX
 from edgekd.data.base import ModalitySpec, Split
+from edgekd.data.columns import Column
 from edgekd.data.processors import encode
 from edgekd.errors import RecipeError
 
@@ -26,7 +27,9 @@ from edgekd.errors import RecipeError
 @dataclass
 class TeacherView:
     """A dataset as the teacher sees it (the edgekd.data.base.Dataset protocol): the modalities in
-    `params` read through the teacher's processors under `<name>__teacher`, the others as they are."""
+    `params` read through the teacher's processors under `<name>__teacher`, the others as they are.
+    The processors run on the rows a batch asks for (lazy columns, `heavy` for images and audio so
+    loader workers make them in parallel), never on the whole dataset at once."""
 
     data: object
     params: dict  # modality -> processor parameters (edgekd.data.processors)
@@ -35,35 +38,49 @@ class TeacherView:
 
     def __post_init__(self):
         for m, p in self.params.items():
-            raw = self.data_raw(m, p["kind"])
-            if raw is None:
+            if not hasattr(self.data, "texts" if p["kind"] == "text" else "files"):
                 raise RecipeError(f"recipe.teacher: a pretrained {p['kind']} encoder reads the raw {p['kind']} rows of "
                                   f"a folder dataset; {getattr(self.data, 'name', 'this dataset')} has none for '{m}': "
                                   "use a folder dataset (docs/datasets.md) or a teacher trained here")
         self.name, self.classes, self.num_pairings = self.data.name, self.data.classes, self.data.num_pairings
-        self._rows = {}
+        self._fetch: dict = {}  # input name -> (fetch over dataset rows, heavy)
+        self._all: dict = {}  # input name -> a per-row array over every row (replaced inputs)
         self.modalities, self.preprocess = {}, {}
         replaced = self.replaced or {}
         for m, spec in self.data.modalities.items():
             if m in self.params:
                 p = self.params[m]
                 name = m + self.suffix
-                if name not in replaced:  # with_rows() keeps every other input: no second processor pass
-                    self._rows[name] = rows = encode(p, self.data_raw(m, p["kind"]))
-                    self.modalities[name] = (
-                        ModalitySpec(name, "text", (int(p["max_length"]),), "int64", int(p["vocab_size"]))
-                        if p["kind"] == "text" else ModalitySpec(name, p["kind"], tuple(rows.shape[1:]), "float32"))
+                if name not in replaced:
+                    self._fetch[name] = (self._processor(m, p), p["kind"] != "text")
+                    if p["kind"] == "text":
+                        self.modalities[name] = ModalitySpec(name, "text", (int(p["max_length"]),), "int64",
+                                                             int(p["vocab_size"]))
+                    else:  # the processor's output shape, from the first row
+                        shape = self._fetch[name][0](np.zeros(1, dtype=np.int64)).shape[1:]
+                        self.modalities[name] = ModalitySpec(name, p["kind"], tuple(shape), "float32")
                 else:
                     self.modalities[name] = replaced[name][0]  # keeps the dataset's input order
                 self.preprocess[name] = {k: v for k, v in p.items() if k not in ("vocab_size", "source")}
             else:
                 self.modalities[m], self.preprocess[m] = spec, self.data.preprocess[m]
         for name, (spec, rows) in replaced.items():
-            self.modalities[name], self._rows[name] = spec, rows
+            self.modalities[name], self._all[name] = spec, rows
 
-    def data_raw(self, m: str, kind: str) -> list | None:
-        """Column `m` as written: texts, or image/audio file paths (folder datasets keep both)."""
-        return (getattr(self.data, "raw_text" if kind == "text" else "raw_files", None) or {}).get(m)
+    def _processor(self, m: str, p: dict):
+        if p["kind"] == "text":
+            return lambda rows: encode(p, self.data.texts(m, rows))
+        return lambda rows: encode(p, self.data.files(m, rows))
+
+    def _column(self, name: str, rows: np.ndarray) -> Column:
+        spec = self.modalities[name]
+        if name in self._all:
+            arr = self._all[name]
+            return Column(lambda r: np.asarray(arr[np.asarray(r)]), rows, spec.shape, spec.dtype)
+        fetch, heavy = self._fetch[name]
+        col = Column(fetch, rows, spec.shape, spec.dtype)
+        col.heavy = heavy
+        return col
 
     def has_split(self, name: str) -> bool:
         return self.data.has_split(name)
@@ -71,20 +88,33 @@ class TeacherView:
     def split(self, name: str, pairing: int = 0) -> Split:
         base = self.data.split(name, pairing)
         inputs = {m: base.inputs[m] for m in self.modalities if m in base.inputs}
-        if self._rows:
+        own = [n for n in self.modalities if n in self._fetch or n in self._all]
+        if own:  # only folder datasets have processor inputs, and they know their split's rows
             idx = self.data.split_rows(name)
-            inputs.update({n: rows[idx] for n, rows in self._rows.items()})
+            inputs.update({n: self._column(n, idx) for n in own})
         return Split({m: inputs[m] for m in self.modalities}, base.labels, base.ids)
 
-    def rows(self, name: str) -> np.ndarray:
-        """Every row's input `name` (all splits, dataset order)."""
-        return self._rows[name]
+    def split_rows(self, name: str) -> np.ndarray:
+        return self.data.split_rows(name)
+
+    def rows(self, name: str) -> Column:
+        """Every row's input `name` (all splits, dataset order), lazily."""
+        return self._column(name, np.arange(len(self.data)))
 
     def with_rows(self, name: str, spec: ModalitySpec, rows: np.ndarray) -> TeacherView:
         """The same view with input `name` replaced, e.g. by each row's cached embedding; the other
         inputs are carried over as they are."""
-        kept = {n: (self.modalities[n], r) for n, r in self._rows.items() if n != name}
+        kept = {n: (self.modalities[n], r) for n, r in self._all.items() if n != name}
         return replace(self, replaced={**kept, name: (spec, rows)})
+
+    def texts(self, m: str, rows) -> list[str]:
+        return self.data.texts(m, rows)
+
+    def files(self, m: str, rows) -> list:
+        return self.data.files(m, rows)
+
+    def __len__(self) -> int:
+        return len(self.data)
 
     def fingerprint(self) -> str:
         if not self.params:

@@ -54,7 +54,7 @@ def text_views(data, names: list[str], spec: ViewSpec) -> list:
         rng = np.random.default_rng([spec.seed, k, 0x7E475])
         changed = {}
         for m in texts:
-            column = list(data.raw_text[m])
+            column = data.texts(m, np.arange(len(data)))
             for i in train:
                 column[i] = drop_words(column[i], rng, spec.word_dropout)
             changed[m] = column

@@ -7,6 +7,7 @@ stale targets. The QAT stage reads the same files.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,16 @@ import torch
 from edgekd import distributed as dist
 from edgekd.contract import modality_of
 from edgekd.data.base import Dataset
+from edgekd.data.columns import take
+from edgekd.data.loader import batches
 from edgekd.distill.lengths import token_lengths
-from edgekd.files import atomic_path, atomic_write_json
+from edgekd.distill.rowfile import RowFile
+from edgekd.files import atomic_write_json
 
 _FILES = ("logits", "features")
 
 
-def _by_length(teacher, names: list[str], inputs: dict[str, np.ndarray]) -> np.ndarray:
+def _by_length(teacher, names: list[str], inputs: dict) -> np.ndarray:
     """Row order by real token count where the teacher's encoders read token ids and cut padding
     (edgekd.distill.lengths), so each batch of the pass holds texts of similar length. Dataset order otherwise."""
     lengths = token_lengths(teacher, names, inputs)
@@ -30,19 +34,62 @@ def _by_length(teacher, names: list[str], inputs: dict[str, np.ndarray]) -> np.n
 
 
 @torch.no_grad()
-def _teacher_outputs(teacher, names: list[str], inputs: dict[str, np.ndarray], batch_size: int = 256) -> dict:
+def _outputs(teacher, names: list[str], inputs: dict, batch_size: int = 256):
+    """(rows, {output name: array}) batch by batch, in length order, through the loader."""
     teacher.eval()
     order = _by_length(teacher, names, inputs)
-    chunks: dict[str, list] = {}
-    for i in range(0, len(order), batch_size):
-        rows = order[i : i + batch_size]
-        out = teacher({m: torch.from_numpy(np.ascontiguousarray(inputs[m][rows])) for m in names})
+    for rows, x in batches({m: inputs[m] for m in names}, [order[i : i + batch_size] for i in range(0, len(order), batch_size)]):
+        out = teacher({m: torch.from_numpy(x[m]) for m in names})
         parts = {"logits": out.logits, "features": out.features}
         parts.update({f"mod_{m}": f for m, f in out.modality_features.items()})
+        yield rows, {k: v.float().numpy() for k, v in parts.items()}
+
+
+def _teacher_outputs(teacher, names: list[str], inputs: dict, batch_size: int = 256) -> dict:
+    """Every row's outputs in memory (a live teacher's batch; the cache writes files instead)."""
+    n = len(next(iter(inputs.values())))
+    out: dict[str, np.ndarray] = {}
+    for rows, parts in _outputs(teacher, names, inputs, batch_size):
         for k, v in parts.items():
-            chunks.setdefault(k, []).append(v.float().numpy())
-    back = np.argsort(order)  # each row's outputs back at its own position
-    return {k: np.concatenate(v)[back] for k, v in chunks.items()}
+            out.setdefault(k, np.zeros((n, *v.shape[1:]), dtype=np.float32))[rows] = v
+    return out
+
+
+def write_outputs(teacher, names: list[str], inputs: dict, folder: Path) -> list[str]:
+    """The teacher's outputs for every row of `inputs`, streamed into folder/<name>.npy."""
+    n = len(next(iter(inputs.values())))
+    files: dict[str, RowFile] = {}
+    try:
+        for rows, parts in _outputs(teacher, names, inputs):
+            for k, v in parts.items():
+                if k not in files:
+                    files[k] = RowFile(folder / f"{k}.npy", n, v.shape[1:])
+                files[k].write(rows, v)
+    except BaseException:
+        for f in files.values():
+            f.abort()
+        raise
+    for f in files.values():
+        f.close()
+    return sorted(files)
+
+
+def merge_ranks(folder: Path, parts: list[Path], keys: list[str], chunk: int = 4096) -> int:
+    """Rank shards (each rank's block of rows, in rank order) copied into whole files, a chunk at a
+    time: no process holds every row."""
+    total = 0
+    for k in keys:
+        arrays = [np.load(p / f"{k}.npy", mmap_mode="r") for p in parts]
+        total = sum(len(a) for a in arrays)
+        out = RowFile(folder / f"{k}.npy", total, arrays[0].shape[1:])
+        start = 0
+        for a in arrays:
+            for i in range(0, len(a), chunk):
+                block = np.asarray(a[i : i + chunk])
+                out.write(np.arange(start + i, start + i + len(block)), block)
+            start += len(a)
+        out.close()
+    return total
 
 
 class TeacherTargets:
@@ -63,14 +110,22 @@ class TeacherTargets:
         d = self._dir(pairing)
         if not (d / "meta.json").is_file():  # meta.json is written last: its presence means complete
             inputs = self.data.split("train", pairing).inputs
-            rows = dist.shard_rows(len(next(iter(inputs.values()))))  # torchrun: each rank its block
-            arrays = dist.gather_rows(_teacher_outputs(self.teacher, self.names, {m: inputs[m][rows] for m in self.names}))
+            n = len(next(iter(inputs.values())))
             d.mkdir(parents=True, exist_ok=True)
-            for k, v in arrays.items():
-                with atomic_path(d / f"{k}.npy") as tmp:
-                    with open(tmp, "wb") as f:
-                        np.save(f, v)
-            atomic_write_json(d / "meta.json", {"pairing": pairing, "files": sorted(arrays), "rows": len(v)})
+            if dist.active():  # each rank its block of rows into its own shard; rank 0 merges them from disk
+                rows = dist.shard_rows(n)
+                mine = d / f"rank{dist.rank()}"
+                mine.mkdir(exist_ok=True)
+                keys = write_outputs(self.teacher, self.names, {m: take(inputs[m], rows) for m in self.names}, mine)
+                dist.barrier()
+                if dist.is_main():
+                    parts = [d / f"rank{r}" for r in range(dist.world_size())]
+                    merge_ranks(d, parts, keys)
+                    for p in parts:
+                        shutil.rmtree(p, ignore_errors=True)
+            else:
+                keys = write_outputs(self.teacher, self.names, {m: inputs[m] for m in self.names}, d)
+            atomic_write_json(d / "meta.json", {"pairing": pairing, "files": keys, "rows": n})
             self.computed_pairings.append(pairing)
             dist.barrier()  # rank 0 has written the merged files
         meta = json.loads((d / "meta.json").read_text())

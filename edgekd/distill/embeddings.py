@@ -17,8 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgekd.data.columns import chunks
+from edgekd.data.loader import batches
 from edgekd.distill import teacher_pass
-from edgekd.files import atomic_path, atomic_write_json
+from edgekd.distill.rowfile import RowFile
+from edgekd.files import atomic_write_json
 
 
 def _params_without_embeddings(module) -> int:
@@ -36,9 +39,19 @@ def _flops(encoder, x: torch.Tensor) -> float:
     return float(counter.get_total_flops())
 
 
+class _Memory:
+    """embed_rows' default sink: the embeddings in memory."""
+
+    def __init__(self, rows: int, shape: tuple[int, ...]):
+        self.array = np.zeros((rows, *shape), dtype=np.float32)
+
+    def write(self, idx, values) -> None:
+        self.array[idx] = values
+
+
 @torch.no_grad()
-def embed_rows(encoder, rows: np.ndarray, batch_size: int = 64, progress=None, label: str = "embed",
-               threads: int = 1):
+def embed_rows(encoder, rows, batch_size: int = 64, progress=None, label: str = "embed",
+               threads: int = 1, sink=None):
     """(N, D) float32 embeddings of every row (token ids, or the processor's pixel/audio arrays) and
     {rows, seconds, samples_per_s, gflops_per_s}. Text: GFLOP/s estimated as 2 x non-embedding
     parameters x real tokens / seconds; image/audio: the first batch's FLOPs as counted by torch,
@@ -46,18 +59,21 @@ def embed_rows(encoder, rows: np.ndarray, batch_size: int = 64, progress=None, l
     choice and its trial join the figures."""
     encoder.eval()
     text = rows.dtype.kind in "iu"
-    if text:
-        lengths = encoder.text_mask(torch.from_numpy(np.asarray(rows))).sum(1).numpy()
+    if text:  # over chunks: a lazy column is never read whole
+        lengths = np.concatenate([encoder.text_mask(torch.from_numpy(x)).sum(1).numpy() for _, x in chunks(rows)])
         order = np.argsort(-lengths, kind="stable")  # similar lengths share a batch
     else:
         order = np.arange(len(rows))
     out, flops = None, 0.0
     fixed = text and getattr(encoder, "fixed_length", False)  # SigLIP: every position runs, none is cut
 
+    def cut(idx, x):
+        x = torch.from_numpy(x)
+        return idx, (x[:, : max(1, int(lengths[idx].max()))] if text and not fixed else x)
+
     def batch(i):
         idx = order[i : i + batch_size]
-        x = torch.from_numpy(np.ascontiguousarray(rows[idx]))
-        return idx, (x[:, : max(1, int(lengths[idx].max()))] if text and not fixed else x)
+        return cut(idx, np.ascontiguousarray(rows[idx]))
 
     first = batch(0) if len(rows) else None
     if first is not None and not text:  # counted on the first batch, before the pass (which may move to CUDA)
@@ -65,34 +81,46 @@ def embed_rows(encoder, rows: np.ndarray, batch_size: int = 64, progress=None, l
     run, where = teacher_pass.pick(encoder, first[1], len(rows), threads) if first is not None else (None, {"backend": "torch"})
     task = progress.add_task(label, total=len(rows)) if progress else None
     t0 = time.perf_counter()
-    for i in range(0, len(rows), batch_size):
-        idx, x = batch(i)
+    # a processor column (images, audio) is made by loader workers, a few batches ahead
+    for idx, got in batches({"x": rows}, [order[i : i + batch_size] for i in range(0, len(rows), batch_size)]):
+        idx, x = cut(idx, got["x"])
         emb = run(x)
         if out is None:
-            out = np.zeros((len(rows), emb.shape[1]), dtype=np.float32)
-        out[idx] = emb
+            out = (sink or _Memory)(len(rows), emb.shape[1:])
+        out.write(idx, emb)
         if progress:
             progress.update(task, advance=len(idx))
     seconds = max(time.perf_counter() - t0, 1e-9)
     if progress:
         progress.remove_task(task)
     if text:
-        flops = 2.0 * _params_without_embeddings(encoder.net) * float(rows.size if fixed else lengths.sum())
+        flops = 2.0 * _params_without_embeddings(encoder.net) * float(len(rows) * rows.shape[1] if fixed else lengths.sum())
     encoder.to("cpu")  # where the rest of the teacher is
-    return out, {"rows": int(len(rows)), "seconds": round(seconds, 2), "samples_per_s": round(len(rows) / seconds, 1),
-                 "gflops_per_s": round(flops / seconds / 1e9, 1), **where}
+    return getattr(out, "array", out), {"rows": int(len(rows)), "seconds": round(seconds, 2), "samples_per_s": round(len(rows) / seconds, 1),
+                 "gflops_per_s": float(f"{flops / seconds / 1e9:.3g}"), **where}
 
 
 def cached_embeddings(cache_dir: Path, name: str, compute) -> tuple[np.ndarray, dict]:
-    """The embeddings of input `name` from `cache_dir`, or compute() -> (array, stats) and store them."""
+    """The embeddings of input `name` from `cache_dir`, or compute(sink=...) -> (_, stats) writes them."""
     meta_file = cache_dir / f"{name}.meta.json"
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         arr = np.load(cache_dir / f"{name}.npy", mmap_mode="r", allow_pickle=False)
         if arr.shape[0] == meta.get("rows"):
             return arr, {**meta, "cached": True}
-    arr, stats = compute()
-    with atomic_path(cache_dir / f"{name}.npy") as tmp, open(tmp, "wb") as f:
-        np.save(f, arr)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    made: list[RowFile] = []  # streamed to disk in length order: the embeddings are never all in memory
+
+    def sink(rows, shape):
+        made.append(RowFile(cache_dir / f"{name}.npy", rows, shape))
+        return made[-1]
+    try:
+        _, stats = compute(sink=sink)
+    except BaseException:
+        for f in made:
+            f.abort()
+        raise
+    for f in made:
+        f.close()
     atomic_write_json(meta_file, stats)  # last: its presence means the array is whole
     return np.load(cache_dir / f"{name}.npy", mmap_mode="r", allow_pickle=False), {**stats, "cached": False}

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from edgekd.data.base import Split
+from edgekd.data.loader import batches, sequential
 
 
 @torch.no_grad()
@@ -12,11 +13,11 @@ def predict(model, split: Split, names: list[str], batch_size: int = 256, keep: 
     """Logits (N, C) of `model` over `split`, using only modalities `names`."""
     model.eval()
     outs = []
-    for i in range(0, len(split), batch_size):
-        x = {n: torch.from_numpy(split.inputs[n][i : i + batch_size]) for n in names}
-        k = None if keep is None else torch.from_numpy(keep[i : i + batch_size])
+    for idx, got in batches({n: split.inputs[n] for n in names}, sequential(len(split), batch_size)):
+        x = {n: torch.from_numpy(got[n]) for n in names}
+        k = None if keep is None else torch.from_numpy(keep[idx])
         outs.append(model(x, keep=k).logits.float().numpy())
-    return np.concatenate(outs)
+    return np.concatenate(outs) if outs else np.zeros((0, 0), dtype=np.float32)
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray, n: int) -> np.ndarray:

@@ -22,6 +22,7 @@ from torch import nn
 
 from edgekd import distributed as dist
 from edgekd.data.base import Dataset
+from edgekd.data.loader import batches
 from edgekd.distill.augment import augment
 from edgekd.distill.cache import SelfTargets, TeacherTargets
 from edgekd.distill.lengths import GROUP_BATCHES, grouped, token_lengths
@@ -231,9 +232,9 @@ def _epochs(job, data, step, opt, sched, splits, start, history, steps_per_epoch
         starts = list(range(0, len(order), batch))
         if len(starts) > 1 and len(order) - starts[-1] == 1:
             starts.pop()
-        for k, i in enumerate(starts):
-            idx = order[i : starts[k + 1] if k + 1 < len(starts) else len(order)]
-            x = {n: _layout(torch.from_numpy(split.inputs[n][idx])) for n in job.names}
+        index = [order[i : starts[k + 1] if k + 1 < len(starts) else len(order)] for k, i in enumerate(starts)]
+        for idx, got in batches({n: split.inputs[n] for n in job.names}, index):
+            x = {n: _layout(torch.from_numpy(got[n])) for n in job.names}
             if o.augment:
                 x = augment(x, kinds, aug_gen)
             y = torch.from_numpy(split.labels[idx])

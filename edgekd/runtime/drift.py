@@ -97,7 +97,9 @@ def reference(inputs: dict[str, np.ndarray], kinds: dict[str, str], confidence: 
         entry = {"kind": kinds[name]}
         if name in unk_ids:
             entry["unk_id"] = int(unk_ids[name])
-        feats = features(kinds[name], x, entry.get("unk_id"))
+        # a chunk at a time: a training-side split's columns are read lazily, never whole
+        parts = [features(kinds[name], np.asarray(x[i : i + 1024]), entry.get("unk_id")) for i in range(0, len(x), 1024)]
+        feats = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         entry["features"] = {f: _binned(v, bins) for f, v in feats.items()}
         out["inputs"][name] = entry
     out[CONFIDENCE] = _binned(confidence, bins)

@@ -48,6 +48,17 @@ def fit_length(samples: np.ndarray, n: int) -> np.ndarray:
 
 def log_mel(samples: np.ndarray, p: dict) -> np.ndarray:
     """Log-mel spectrogram (frames, n_mels) of a float waveform in [-1, 1], then normalised."""
+    return normalise_audio(log_mel_features(samples, p), p)
+
+
+def normalise_audio(features: np.ndarray, p: dict) -> np.ndarray:
+    """Unnormalised float32 log-mels (one clip or a batch) -> the model's input. Training applies it
+    to whole batches read from the data store, the device to one clip: the same float32 arithmetic."""
+    return ((features - p["mean"]) / p["std"]).astype(np.float32)
+
+
+def log_mel_features(samples: np.ndarray, p: dict) -> np.ndarray:
+    """The unnormalised float32 log-mel spectrogram (frames, n_mels): what the data store holds."""
     x = fit_length(np.asarray(samples, dtype=np.float64), int(p["num_samples"])).astype(np.float64)
     n_fft, hop = int(p["n_fft"]), int(p["hop_length"])
     x = np.pad(x, (n_fft // 2, n_fft // 2), mode="reflect")
@@ -56,8 +67,7 @@ def log_mel(samples: np.ndarray, p: dict) -> np.ndarray:
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
     spec = np.abs(np.fft.rfft(x[idx] * window, n=n_fft)) ** 2  # (T, F) power
     mel = spec @ mel_filters(n_fft, int(p["n_mels"]), int(p["sample_rate"]), p["fmin"], p["fmax"])
-    out = np.log10(np.maximum(mel, p.get("mel_floor", 1e-10)))
-    return ((out - p["mean"]) / p["std"]).astype(np.float32)  # (T, n_mels)
+    return np.log10(np.maximum(mel, p.get("mel_floor", 1e-10))).astype(np.float32)  # (T, n_mels)
 
 
 AUDIO_FORMATS = "wav (PCM 8/16/24/32-bit, float 32/64-bit), FLAC, OGG/Vorbis, MP3, AIFF"
@@ -117,14 +127,24 @@ def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
 
 
 def audio_from_file(path, p: dict, max_seconds: float = 3600.0) -> np.ndarray:
-    # only the clip the model sees is decoded (fit_length cuts the rest anyway)
+    return normalise_audio(audio_features(path, p, max_seconds), p)
+
+
+def audio_features(path, p: dict, max_seconds: float = 3600.0) -> np.ndarray:
+    """An audio file's unnormalised log-mels: only the clip the model sees is decoded."""
     samples, rate = read_audio(path, max_seconds, seconds=int(p["num_samples"]) / int(p["sample_rate"]))
-    return log_mel(resample(samples, rate, int(p["sample_rate"])), p)
+    return log_mel_features(resample(samples, rate, int(p["sample_rate"])), p)
 
 
 def image_array(pixels: np.ndarray, p: dict) -> np.ndarray:
     """(H, W) or (H, W, C) uint8/float pixels 0..255 → normalised (C, size, size) float32, C = the
     parameters' `channels` (1: gray, the default of older bundles; 3: RGB, normalised per channel)."""
+    return normalise_image(image_pixels(pixels, p), p)
+
+
+def image_pixels(pixels: np.ndarray, p: dict) -> np.ndarray:
+    """Pixels resized to the model's (C, size, size), float32 0..255, not yet normalised: what the
+    data store holds, so training normalises batches with the very arithmetic of normalise_image."""
     img = np.asarray(pixels, dtype=np.float32)
     size = int(p["size"])
     if int(p.get("channels", 1)) == 1:
@@ -132,15 +152,22 @@ def image_array(pixels: np.ndarray, p: dict) -> np.ndarray:
             img = img[..., :3].mean(axis=2)
         if img.shape != (size, size):
             img = _resize_bilinear(img, size)
-        return ((img / 255.0 - p["mean"]) / p["std"]).astype(np.float32)[None]
+        return img.astype(np.float32)[None]
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     img = img[..., :3]
     if img.shape[:2] != (size, size):
         img = np.stack([_resize_bilinear(img[..., c], size) for c in range(3)], axis=2)
-    mean = np.asarray(p["mean"], dtype=np.float64).reshape(1, 1, -1)
-    std = np.asarray(p["std"], dtype=np.float64).reshape(1, 1, -1)
-    return ((img / 255.0 - mean) / std).astype(np.float32).transpose(2, 0, 1)  # (3, size, size)
+    return img.astype(np.float32).transpose(2, 0, 1)
+
+
+def normalise_image(pixels: np.ndarray, p: dict) -> np.ndarray:
+    """(C, size, size) or a (B, C, size, size) batch of float32 pixels 0..255 -> the model's input."""
+    if int(p.get("channels", 1)) == 1:
+        return ((pixels / 255.0 - p["mean"]) / p["std"]).astype(np.float32)
+    mean = np.asarray(p["mean"], dtype=np.float64).reshape(-1, 1, 1)
+    std = np.asarray(p["std"], dtype=np.float64).reshape(-1, 1, 1)
+    return ((pixels / 255.0 - mean) / std).astype(np.float32)
 
 
 def _resize_bilinear(img: np.ndarray, size: int) -> np.ndarray:
@@ -159,6 +186,12 @@ def image_from_file(path, p: dict, max_pixels: int | None = None, formats: tuple
     """A png/jpg (a path or a binary file object) as the model's input; more than `max_pixels` is
     refused from the header, before decoding (Pillow's own bomb limit is ~179 M pixels);
     `formats` limits which Pillow decoders may run (a server: no TIFF/PSD/EPS from strangers)."""
+    return normalise_image(image_file_pixels(path, p, max_pixels, formats), p)
+
+
+def image_file_pixels(path, p: dict, max_pixels: int | None = None,
+                      formats: tuple[str, ...] | None = None) -> np.ndarray:
+    """A png/jpg's pixels at the model's size, not yet normalised (see image_pixels)."""
     from PIL import Image  # Pillow is a light, torch-free dependency of the runtime
 
     try:
@@ -168,7 +201,7 @@ def image_from_file(path, p: dict, max_pixels: int | None = None, formats: tuple
             mode = "RGB" if int(p.get("channels", 1)) == 3 else "L"
             if p.get("alpha") == "white" and (im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info):
                 im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
-            return image_array(np.asarray(im.convert(mode)), p)
+            return image_pixels(np.asarray(im.convert(mode)), p)
     except Image.DecompressionBombError as e:  # not an OSError: callers catch ValueError for unreadable images
         raise ValueError(f"image too large to decode safely ({str(e).split(',')[0]})") from None
 

@@ -80,10 +80,20 @@ def after(name: str) -> tuple[str, ...]:
     return NAMES[NAMES.index(name) + 1:] if name in NAMES else ()
 
 
+def _content(dump: dict) -> dict:
+    """A recipe dump without the data fields that change only speed (decode workers, shard size)."""
+    from edgekd.recipe_data import MACHINE_ONLY
+
+    if not isinstance(dump.get("data"), dict):
+        return dump
+    return {**dump, "data": {k: v for k, v in dump["data"].items() if k not in MACHINE_ONLY}}
+
+
 def first_changed(old: dict | None, new: dict) -> str | None:
     """The earliest stage whose recipe sections differ between two recipe dumps (None: none's)."""
     if old is None:
         return NAMES[0]
+    old, new = _content(old), _content(new)
     for stage in STAGES:
         if any(old.get(k) != new.get(k) for k in stage.sections):
             return stage.name

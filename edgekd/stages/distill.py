@@ -46,7 +46,7 @@ def student_processors(recipe, data, names: list[str], teacher: dict) -> dict:
                           f"own tokenizer for {', '.join(missing) or 'a text modality'}: set teacher.encoders."
                           f"{(missing or ['TEXT'])[0]}.pretrained, or use text_tokenizer: own")
     train = data.split_rows("train")
-    return {m: pruned_text_params(teacher[m], [data.raw_text[m][i] for i in train]) for m in texts}
+    return {m: pruned_text_params(teacher[m], data.texts(m, train)) for m in texts}
 
 
 def distill_seed(recipe) -> int:

@@ -135,6 +135,17 @@ def parity(files: dict[str, Path], models: dict, tests: dict, cfg, threads_: int
     return report, metrics
 
 
+def testset_rows(labels: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    """The test rows testset.npz carries: all of them up to `cap` (0: no cap), else a seeded sample
+    with every class in proportion, in split order (the device's accuracy is then an estimate)."""
+    if cap <= 0 or len(labels) <= cap:
+        return np.arange(len(labels))
+    rng = np.random.default_rng([seed, 29])
+    picked = [rng.permutation(np.flatnonzero(labels == c))[: max(1, round(cap * np.mean(labels == c)))]
+              for c in np.unique(labels)]
+    return np.sort(np.concatenate(picked))[:cap]
+
+
 def bundle(run: RunDir, data, tests: dict, files, metrics, config, embed_dim: int, used: set[str]) -> Path:
     """The device bundle: the models, io_spec, preprocess parameters, labels and (optionally) the
     test split's model inputs, so `edgekd bench` on a device reports accuracy on its own backend."""
@@ -149,9 +160,11 @@ def bundle(run: RunDir, data, tests: dict, files, metrics, config, embed_dim: in
     extra = {}
     if run.recipe.export.testset:  # every model input of the test split + labels, no pickles (allow_pickle=False)
         labels = next(iter(tests.values()))[0].labels
+        rows = testset_rows(labels, run.recipe.export.testset_rows, run.recipe.seed)
         out = run.stage_dir("export") / "testset.npz"
         with atomic_path(out) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, labels=labels.astype(np.int64), **{f"input.{m}": x for m, (x, _) in inputs.items()})
+            np.savez_compressed(f, labels=labels[rows].astype(np.int64),
+                                **{f"input.{m}": np.asarray(x[rows]) for m, (x, _) in inputs.items()})
         extra["testset.npz"] = out
     extra["drift.json"] = drift_reference(run, files, tests["student"])
     return write_bundle(run.path / "bundle", name=run.recipe.name, models=models, model_files=files,

@@ -71,6 +71,7 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
 
     from edgekd.benchmark.budget import check_budget
     from edgekd.data import load_dataset
+    from edgekd.data.loader import batches, sequential
     from edgekd.distill.cache import TeacherTargets
     from edgekd.distill.evaluate import evaluate
     from edgekd.distill.losses import Projectors, loss_weights
@@ -106,12 +107,13 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         out = run.stage_dir("prune")
         val, test = sdata.split("val"), sdata.split("test")
         example = example_batch(sdata, names)
-        vx = tuple(torch.from_numpy(val.inputs[n]) for n in names)
-
-        def score(m) -> float:  # FastNAS's score: validation accuracy of the wrapped candidate
+        def score(m) -> float:  # FastNAS's score: validation accuracy of the wrapped candidate, batch by batch
             m.eval()
+            right = 0
             with torch.no_grad():
-                return float((m(*vx).argmax(1).numpy() == val.labels).mean())
+                for idx, x in batches({n: val.inputs[n] for n in names}, sequential(len(val), 512)):
+                    right += int((m(*(torch.from_numpy(x[n]) for n in names)).argmax(1).numpy() == val.labels[idx]).sum())
+            return right / max(1, len(val))
 
         def measure(m) -> dict:
             return {"flops": count_flops(m, example), "params": count_params(m),
@@ -130,7 +132,7 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
 
         def prune(bound: dict):
             return prune_to(positional(copy.deepcopy(student), names), bound, divisor, loader, score,
-                            tuple(x[:2] for x in vx), search)
+                            tuple(torch.from_numpy(val.inputs[n][:2]) for n in names), search)
 
         # recovery: the distill objective against the cached teacher outputs, own epochs and lr
         teacher, _ = load_model(run, "teacher")

@@ -13,6 +13,7 @@ import torch
 from edgekd.contract import TEACHER_SUFFIX, modality_of
 from edgekd.data import load_dataset
 from edgekd.data.base import ModalitySpec
+from edgekd.data.columns import chunks
 from edgekd.data.processors import processor_params, quiet_transformers
 from edgekd.data.teacher_inputs import TeacherView
 from edgekd.distill.embeddings import cached_embeddings, embed_rows
@@ -137,7 +138,8 @@ def _check_fit(model, view) -> None:
     rows = {0, 1 % len(split.labels)}
     for n in names:  # the row with the largest token id, where an embedding table may be too short
         if split.inputs[n].dtype.kind in "iu":
-            rows.add(int(split.inputs[n].max(axis=1).argmax()))
+            top = max((int(x.max()), -(i + int(x.max(axis=1).argmax()))) for i, x in chunks(split.inputs[n]))
+            rows.add(-top[1])  # the first such row, as argmax over the whole split would give
     batch = {n: torch.from_numpy(np.ascontiguousarray(split.inputs[n][sorted(rows)])) for n in model.names}
     try:
         with torch.no_grad():
@@ -161,12 +163,12 @@ def train_mode(t, model) -> str:
     return t.train or ("head" if model.pretrained() else "all")
 
 
-def _embed(encoder, rows, progress, label: str, threads: int = 1):
+def _embed(encoder, rows, progress, label: str, threads: int = 1, sink=None):
     """embed_rows, with its achieved GFLOP/s set against the machine's float32 matmul peak measured
     right after the pass, under the same load."""
     from edgekd.benchmark.sysinfo import machine_peak_gflops
 
-    rows, stats = embed_rows(encoder, rows, progress=progress, label=label, threads=threads)
+    rows, stats = embed_rows(encoder, rows, progress=progress, label=label, threads=threads, sink=sink)
     peak = machine_peak_gflops()
     return rows, {**stats, "peak_gflops_per_s": round(peak, 1),
                   "fraction_of_peak": round(stats["gflops_per_s"] / peak, 3) if peak else None}

@@ -1,0 +1,53 @@
+"""A .npy file written row by row, in any order, without holding the array.
+
+Teacher outputs and frozen-encoder embeddings are computed in length order (similar lengths share a
+batch) and land at each row's own position. A writable memory map would do that too, but a full
+disk then kills the process with SIGBUS; plain positioned writes turn it into an OSError that
+becomes the usual one-line error, and the temp file is removed.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.files import os_error
+
+
+class RowFile:
+    """(rows, *shape) `dtype` rows at `path` (a temp name until `close`)."""
+
+    def __init__(self, path: Path, rows: int, shape: tuple[int, ...], dtype=np.float32):
+        self.path, self.tmp = Path(path), Path(path).with_name(Path(path).name + f".tmp{os.getpid()}")
+        self.row_shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.row_bytes = int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize
+        try:
+            mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=self.dtype, shape=(rows, *shape))
+            self.offset = mm.offset  # the header's length; the data follow, row-major
+            del mm
+            self.fd = os.open(self.tmp, os.O_WRONLY)
+        except OSError as e:
+            self.tmp.unlink(missing_ok=True)
+            raise os_error(e, self.path) from None
+
+    def write(self, rows: np.ndarray, values: np.ndarray) -> None:
+        values = np.ascontiguousarray(values, dtype=self.dtype)
+        try:
+            for r, v in zip(np.asarray(rows, dtype=np.int64), values):
+                os.pwrite(self.fd, v.tobytes(), self.offset + int(r) * self.row_bytes)
+        except OSError as e:
+            self.abort()
+            raise os_error(e, self.path) from None
+
+    def close(self) -> Path:
+        os.close(self.fd)
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+        self.tmp.unlink(missing_ok=True)
