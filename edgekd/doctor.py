@@ -106,6 +106,7 @@ def check_run(path: Path) -> Report:
         if stage.trains and recorded.get(stage.name, {}).get("status") != "done":
             _check_checkpoints(report, path, stage.name, recipe)
     _check_cache(report, path)
+    _check_store(report, recipe)
     if (path / "bundle").is_dir() and recorded.get("export", {}).get("status") == "done":
         sub = check_bundle(path / "bundle")
         report.errors += [f"bundle: {e}" for e in sub.errors]
@@ -164,6 +165,22 @@ def _check_cache(report: Report, path: Path) -> None:
         except Exception as e:  # noqa: BLE001 -- any unreadable array is the same finding
             report.errors.append(f"{pairing.relative_to(path)}: corrupt teacher-output cache ({e}); delete the "
                                  "folder and the next distill recomputes it")
+
+
+def _check_store(report: Report, recipe) -> None:
+    """The data store of a folder dataset (in EDGEKD_CACHE): whole, current, or a build cut short."""
+    if recipe is None or recipe.data.name != "folder":
+        return
+    try:
+        from edgekd.data.folder import store_state
+        from edgekd.data.root import data_root
+
+        level, finding = store_state(recipe.data, data_root(None))
+    except ModuleNotFoundError:  # a device install checks bundles, not training data
+        return
+    except EdgekdError as e:
+        level, finding = "warning", f"data store: {e}"
+    {"note": report.notes, "warning": report.warnings, "error": report.errors}[level].append(finding)
 
 
 def _warn_temp(report: Report) -> None:

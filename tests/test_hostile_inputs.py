@@ -344,7 +344,7 @@ FOLDER_CASES = [
     ("folder-missing", _recipe("path: ", "path: /nonexistent/edgekd/"), ["not found", "fix data.path"]),
     ("metadata-missing", _file("metadata.jsonl", Path.unlink), ["no metadata.jsonl or metadata.csv", "add a metadata file"]),
     ("metadata-unknown-format", _recipe("  image_size: 8", "  image_size: 8\n  metadata: img/0.png"),
-     ["unknown format", ".jsonl or .csv"]),
+     ["unknown format", ".jsonl, .csv or .parquet"]),
     ("metadata-escapes-folder", _outside_meta, ["metadata", "inside the dataset folder"]),
     ("metadata-absolute-path", _absolute_meta, ["metadata", "inside the dataset folder"]),
     ("metadata-non-utf8", _meta_bytes(b'{"label": "caf\xe9"}\n'), ["line 1", "not valid UTF-8", "save the file as UTF-8"]),

@@ -216,3 +216,24 @@ def test_parallel_build_equals_one_worker(tmp_path, cache):
     assert json.loads((two.store.path / "index.json").read_text())["workers"] == 2
     for m, x in arrays.items():
         np.testing.assert_array_equal(np.asarray(two.split("train").inputs[m]), x)
+
+
+def test_doctor_reports_the_store_missing_whole_stale_partial_and_corrupt(tmp_path, cache):
+    from edgekd.data.folder import store_state
+
+    folder = tmp_path / "ds"
+    write_jsonl(folder, make_rows(folder))
+    cfg = FolderData(path=str(folder), modalities=ALL, image_size=16, workers=1, shard_rows=4)
+    assert store_state(cfg, tmp_path)[0] == "note" and "not built yet" in store_state(cfg, tmp_path)[1]
+    ds = load_folder(cfg, tmp_path, 0)
+    level, finding = store_state(cfg, tmp_path)
+    assert level == "note" and "complete, 12 rows" in finding
+    os.utime(folder / "img" / "0.png", ns=(5, 5))
+    assert store_state(cfg, tmp_path)[0] == "warning"
+    load_folder(cfg, tmp_path, 0)  # re-decodes that shard
+    np.save(ds.store.path / "00001.img.npy", np.zeros((3, 2), np.float32))
+    level, finding = store_state(cfg, tmp_path)
+    assert level == "error" and "00001.img.npy holds (3, 2)" in finding
+    ds.store.path.rename(ds.store.path.with_name(ds.store.path.name + ".partial"))
+    level, finding = store_state(cfg, tmp_path)
+    assert level == "warning" and "cut short" in finding

@@ -62,3 +62,54 @@ def test_two_processes_train_like_one(runs):
     acc = [json.loads((base / d / "manifest.json").read_text())["stages"]["teacher"]["metrics"]["accuracy"]
            for d in ("one", "two")]
     assert abs(acc[0] - acc[1]) <= 0.03
+
+
+CACHE_PROBE = """
+import json, sys
+import numpy as np
+import torch
+from edgekd import distributed as dist
+from edgekd.data import load_dataset
+from edgekd.distill.cache import TeacherTargets, _teacher_outputs
+from edgekd.models import create_model
+from edgekd.recipe import load_recipe
+
+dist.setup()
+torch.manual_seed(0)
+data = load_dataset(load_recipe(sys.argv[1]), sys.argv[2])
+teacher = create_model("mm_transformer", "teacher", modalities=data.modalities, num_classes=len(data.classes),
+                       hidden=16, layers=1, heads=2, image_patch=4)
+targets = TeacherTargets(teacher, list(teacher.names), data, __import__("pathlib").Path(sys.argv[3]))
+targets.prepare(1)
+if dist.is_main():
+    split = data.split("train")
+    want = _teacher_outputs(teacher, list(teacher.names), {m: split.inputs[m] for m in teacher.names})
+    got = {k: np.load(f"{sys.argv[3]}/pairing0/{k}.npy") for k in want}
+    meta = json.load(open(f"{sys.argv[3]}/pairing0/meta.json"))
+    print(json.dumps({"rows_per_rank": meta["rows_per_rank"], "rows": len(split),
+                      "max_diff": max(float(np.abs(got[k] - want[k]).max()) for k in want)}))
+dist.teardown()
+"""
+
+
+def test_each_rank_writes_its_shard_of_the_teacher_cache_and_rank_0_merges_them(tmp_path):
+    """A folder dataset under 2 gloo processes: the store is built once (the other rank waits on its
+    lock), each rank runs the teacher over its own block of train rows into its own shard, and rank 0
+    merges the shards from disk into files equal to one process's outputs."""
+    from conftest import four_modality_folder, four_modality_recipe
+
+    four_modality_folder(tmp_path / "ds", 30)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(four_modality_recipe(tmp_path / "ds", "ranks") + "student: {name: fusion_lean}\n")
+    (tmp_path / "probe.py").write_text(CACHE_PROBE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EDGEKD_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        str(tmp_path / "probe.py"), str(recipe), str(tmp_path), str(tmp_path / "tc")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert sum(got["rows_per_rank"]) == got["rows"] and len(got["rows_per_rank"]) == 2
+    assert min(got["rows_per_rank"]) >= got["rows"] // 2 and got["max_diff"] < 1e-5
+    assert len([d for d in (tmp_path / "cache" / "store").iterdir() if d.is_dir()]) == 1  # built once
+    assert not list((tmp_path / "tc" / "pairing0").glob("rank*"))  # the shards are gone once merged

@@ -8,9 +8,9 @@ before normalisation), and writes the shard's arrays, then its `.done` marker.
 from __future__ import annotations
 
 import hashlib
-import re
 import io
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +63,9 @@ def shard(job: dict) -> int:
                 rel = ref.decode("utf-8")
                 try:
                     body = (folder / rel).read_bytes()
+                except FileNotFoundError:
+                    raise DataError(f"{where}: '{m}' file '{rel}' not found in {folder}: add the file or fix the "
+                                    "row") from None
                 except OSError as err:
                     raise DataError(f"{where}: '{m}' file '{rel}' cannot be read ({err.strerror}): restore it or "
                                     "fix the row") from None

@@ -66,13 +66,46 @@ def load_folder(cfg: FolderData, data_root: Path, seed: int, progress=None) -> F
             raise DataError(f"column '{col}' is both a modality and the label/split column: rename one in the recipe")
     source = open_source(folder, cfg.metadata)
     plan = {"shard_rows": cfg.shard_rows, "modalities": decode_params(cfg)}
-    what = {k: v for k, v in cfg.model_dump(mode="json").items() if k in
-            ("metadata", "label", "modalities", "split_column", "image_size", "image_mode", "audio")}
-    key = hashlib.sha256(f"edgekd-store-v{STORE_FORMAT}\n{source.identity()}\n{json.dumps(what, sort_keys=True)}"
-                         .encode()).hexdigest()[:20]
-    store = open_or_build(key, lambda d: scan(source, cfg, folder, d), plan, folder,
+    store = open_or_build(store_key(cfg, folder, source), lambda d: scan(source, cfg, folder, d), plan, folder,
                           cfg.workers or workers_default(), progress, label=f"{folder.name}: ")
     return FolderDataset(store, cfg, folder, seed, source)
+
+
+def store_key(cfg: FolderData, folder: Path, source) -> str:
+    """The store of this folder's rows decoded with these settings: its place, the metadata's identity
+    and every field that changes what is decoded (not the splits, statistics or tokenizer, which are
+    made from the store). A moved folder is decoded again; its fingerprint, and so every cache keyed
+    by it, stays the same."""
+    what = {k: v for k, v in cfg.model_dump(mode="json").items() if k in
+            ("metadata", "label", "modalities", "split_column", "image_size", "image_mode", "audio")}
+    return hashlib.sha256(f"edgekd-store-v{STORE_FORMAT}\n{folder.resolve()}\n{source.identity()}\n"
+                          f"{json.dumps(what, sort_keys=True)}".encode()).hexdigest()[:20]
+
+
+def store_state(cfg: FolderData, data_root: Path) -> tuple[str, str]:
+    """(level, finding) about the recipe's data store, for `edgekd doctor`: note, warning or error."""
+    from edgekd.data.sources import open_source
+    from edgekd.data.store import cache_root, check, stale_shards
+
+    folder = Path(cfg.path).expanduser()
+    folder = folder if folder.is_absolute() else Path(data_root) / folder
+    if not folder.is_dir():
+        return "warning", f"data store: dataset folder {folder} not found (set --data-root or EDGEKD_DATA)"
+    key = store_key(cfg, folder, open_source(folder, cfg.metadata))
+    final, partial = cache_root() / key, cache_root() / f"{key}.partial"
+    if (final / "index.json").is_file():
+        problems = check(final)
+        if problems:
+            return "error", f"data store {final}: {problems[0]}; delete the folder and the next run decodes the data again"
+        stale = stale_shards(Store(final), folder)
+        if stale:
+            return "warning", (f"data store {final}: files of {len(stale)} shard(s) changed since they were decoded; "
+                               "the next run decodes those shards again")
+        return "note", f"data store {final}: complete, {Store(final).rows:,} rows, files unchanged (size and mtime)"
+    if partial.is_dir():
+        done = len(list(partial.glob("*.done")))
+        return "warning", f"data store {partial}: a build was cut short ({done} shard(s) decoded); the next run continues it"
+    return "note", f"data store: not built yet for these data settings ({final}); the next run builds it"
 
 
 def _fingerprint(store: Store, cfg: FolderData, seed: int, source) -> str:

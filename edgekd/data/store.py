@@ -142,7 +142,7 @@ def open_or_build(key: str, scan, plan: dict, folder: Path, workers: int, progre
     final, partial = root / key, root / f"{key}.partial"
     with _lock(root / f"{key}.lock"):
         if (final / "index.json").is_file():
-            stale = _stale_shards(Store(final), folder)
+            stale = stale_shards(Store(final), folder)
             if not stale:
                 return Store(final)
             os.replace(final, partial)  # back to building: only the changed files' shards are decoded again
@@ -216,7 +216,7 @@ def _run_jobs(jobs: list[dict], workers: int, progress, label: str) -> None:
         progress.remove_task(task)
 
 
-def _stale_shards(store: Store, folder: Path) -> list[int]:
+def stale_shards(store: Store, folder: Path) -> list[int]:
     """Shards holding a file whose size or mtime differs from when it was hashed (or that is gone)."""
     stale: set[int] = set()
     for m in store.file_modalities():
@@ -231,6 +231,24 @@ def _stale_shards(store: Store, folder: Path) -> list[int]:
             if not same:
                 stale.add(i // store.shard_rows)
     return sorted(stale)
+
+
+def check(path: Path) -> list[str]:
+    """What is wrong with a store's files (missing, another row count, shape or dtype), else []."""
+    try:
+        s = Store(path)
+        for name in ("label", "split", "line"):
+            if getattr(s, {"label": "labels", "split": "split_codes", "line": "lines"}[name]).shape[0] != s.rows:
+                return [f"{name}.npy does not hold {s.rows} rows"]
+        for m in s.file_modalities():
+            for k in range(-(-s.rows // s.shard_rows)):
+                want = (min(s.rows, (k + 1) * s.shard_rows) - k * s.shard_rows, *s.feature_shape(m))
+                arr = np.load(path / f"{k:05d}.{m}.npy", mmap_mode="r")
+                if arr.shape != want or arr.dtype != np.float32:
+                    return [f"{k:05d}.{m}.npy holds {arr.shape} {arr.dtype}, expected {want} float32"]
+    except (OSError, ValueError, KeyError) as e:
+        return [f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"]
+    return []
 
 
 def verify(store: Store, folder: Path) -> list[str]:

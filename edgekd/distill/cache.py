@@ -112,12 +112,14 @@ class TeacherTargets:
             inputs = self.data.split("train", pairing).inputs
             n = len(next(iter(inputs.values())))
             d.mkdir(parents=True, exist_ok=True)
+            ranks = [n]
             if dist.active():  # each rank its block of rows into its own shard; rank 0 merges them from disk
                 rows = dist.shard_rows(n)
                 mine = d / f"rank{dist.rank()}"
                 mine.mkdir(exist_ok=True)
                 keys = write_outputs(self.teacher, self.names, {m: take(inputs[m], rows) for m in self.names}, mine)
-                dist.barrier()
+                ranks = [int(c) for c in dist.all_reduce_sum([len(rows) if r == dist.rank() else 0
+                                                               for r in range(dist.world_size())])]
                 if dist.is_main():
                     parts = [d / f"rank{r}" for r in range(dist.world_size())]
                     merge_ranks(d, parts, keys)
@@ -125,7 +127,7 @@ class TeacherTargets:
                         shutil.rmtree(p, ignore_errors=True)
             else:
                 keys = write_outputs(self.teacher, self.names, {m: inputs[m] for m in self.names}, d)
-            atomic_write_json(d / "meta.json", {"pairing": pairing, "files": keys, "rows": n})
+            atomic_write_json(d / "meta.json", {"pairing": pairing, "files": keys, "rows": n, "rows_per_rank": ranks})
             self.computed_pairings.append(pairing)
             dist.barrier()  # rank 0 has written the merged files
         meta = json.loads((d / "meta.json").read_text())
