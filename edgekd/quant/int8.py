@@ -119,9 +119,9 @@ def calibration_batches(split, names: list[str], batch_size: int, count: int, se
     modalities present)."""
     import numpy as np
 
+    from edgekd.data.loader import batches
+
     order = np.random.default_rng([seed, 7]).permutation(len(split))
-    for k in range(count):
-        idx = order[k * batch_size : (k + 1) * batch_size]
-        if len(idx) == 0:
-            return
-        yield {n: torch.from_numpy(split.inputs[n][idx]) for n in names}
+    index = [b for k in range(count) if len(b := order[k * batch_size : (k + 1) * batch_size])]
+    for _, x in batches({n: split.inputs[n] for n in names}, index):
+        yield {n: torch.from_numpy(x[n]) for n in names}
