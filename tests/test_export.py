@@ -146,3 +146,17 @@ def test_cpu_int8_needs_calibration_batches(toy, tmp_path):
     with pytest.raises(ExportError, match="calib_batches"):
         quantize_for_cpu(fp32, tmp_path / "cpu.onnx", [])
     assert not (tmp_path / "cpu.onnx").exists()
+
+
+def test_the_bundle_test_set_is_capped_to_a_seeded_sample_of_every_class():
+    from edgekd.stages.export import testset_rows
+
+    labels = np.repeat(np.arange(5), [400, 300, 200, 90, 10])
+    rows = testset_rows(labels, 100, seed=0)
+    assert len(rows) == 100 and np.all(np.diff(rows) > 0)  # split order, no repeats
+    assert set(labels[rows]) == set(range(5))  # every class, even the one with 1% of the rows
+    assert abs(np.mean(labels[rows] == 0) - 0.4) < 0.02  # in proportion
+    np.testing.assert_array_equal(rows, testset_rows(labels, 100, seed=0))
+    assert not np.array_equal(rows, testset_rows(labels, 100, seed=1))
+    np.testing.assert_array_equal(testset_rows(labels, 0, 0), np.arange(1000))  # 0: no cap
+    np.testing.assert_array_equal(testset_rows(labels, 5000, 0), np.arange(1000))

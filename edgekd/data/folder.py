@@ -30,6 +30,7 @@ from edgekd.recipe_data import MACHINE_ONLY
 from edgekd.runtime import preprocess as pp
 
 FORMAT = 1  # part of the fingerprint: bump when the same files + options give different arrays
+DERIVED = 1  # bump when the statistics or tokenizer of the same data and settings would differ
 STD_FLOOR = 1e-6  # constant inputs (silence, blank images, fixed features) must not divide by 0
 CHUNK = 1024  # rows per step when streaming over a split (statistics, tokenizer)
 
@@ -137,9 +138,23 @@ class FolderDataset:
         self._labels = np.asarray(store.labels, dtype=np.int64)
         self._splits = _splits(store, self.classes, cfg, seed)
         self._text_override: dict[str, list[str]] = {}
-        self.modalities: dict[str, ModalitySpec] = {}
-        self.preprocess: dict[str, dict] = {}
-        self._tokenizers: dict = {}
+        self._fingerprint = _fingerprint(store, cfg, seed, source)
+        derived = store.path / "derived" / f"v{DERIVED}-{self._fingerprint}.json"
+        if derived.is_file():  # the statistics and tokenizers of these settings, computed by an earlier run
+            got = json.loads(derived.read_text(encoding="utf-8"))
+            self.preprocess = got["preprocess"]
+            self.modalities = {m: ModalitySpec(m, e["kind"], tuple(e["shape"]), e["dtype"], e["vocab_size"])
+                               for m, e in got["modalities"].items()}
+        else:
+            self._fit(store, cfg)
+            _write_json(derived, {"preprocess": self.preprocess,
+                                  "modalities": {m: {"kind": e.kind, "shape": list(e.shape), "dtype": e.dtype,
+                                                     "vocab_size": e.vocab_size} for m, e in self.modalities.items()}})
+        self._tokenizers = {m: _tokenizer(p["tokenizer_json"]) for m, p in self.preprocess.items() if p["kind"] == "text"}
+
+    def _fit(self, store: Store, cfg: FolderData) -> None:
+        """Normalisation statistics (streamed over the train rows) and text tokenizers (train texts)."""
+        self.modalities, self.preprocess = {}, {}
         train = self._splits["train"]
         for m, kind in cfg.modalities.items():
             vocab = 0
@@ -147,7 +162,7 @@ class FolderDataset:
                 texts = (t for i in range(0, len(train), CHUNK) for t in store.texts(m, train[i : i + CHUNK]))
                 tok = train_tokenizer(texts, cfg.text_vocab_size)
                 p = {"kind": "text", "max_length": cfg.text_max_length, "tokenizer_json": tok.to_str()}
-                self._tokenizers[m], vocab, shape = tok, tok.get_vocab_size(), (cfg.text_max_length,)
+                vocab, shape = tok.get_vocab_size(), (cfg.text_max_length,)
             elif kind == "vector":
                 mean, std = _moments(lambda r, m=m: store.vectors(m)[r], train, "column")
                 p = {"kind": "vector", "mean": mean.tolist(), "std": std.tolist()}
@@ -162,7 +177,6 @@ class FolderDataset:
                 shape = store.feature_shape(m)
             self.preprocess[m] = p
             self.modalities[m] = ModalitySpec(m, kind, tuple(shape), "int64" if kind == "text" else "float32", vocab)
-        self._fingerprint = _fingerprint(store, cfg, seed, source)
 
     # ---------------------------------------------------------------- the Dataset protocol
     def has_split(self, name: str) -> bool:
@@ -227,6 +241,24 @@ class FolderDataset:
                 out[k, : len(got)] = got
             return out
         return ids
+
+
+def _tokenizer(tokenizer_json: str):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(tokenizer_json)
+
+
+def _write_json(path: Path, obj) -> None:
+    import os
+
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(obj), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache: the statistics are computed again next time, nothing is lost
+        tmp.unlink(missing_ok=True)
 
 
 def _moments(fetch, rows: np.ndarray, per: str) -> tuple[np.ndarray, np.ndarray]:

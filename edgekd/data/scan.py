@@ -56,12 +56,10 @@ def scan(source, cfg, folder: Path, partial: Path) -> None:
             close = difflib.get_close_matches(col, columns, n=1, cutoff=0.5)
             raise DataError(f"{name} has no column '{col}' (columns: {', '.join(columns) or 'none'}): "
                             f"fix {field} or the metadata" + (f"; did you mean '{close[0]}'?" if close else ""))
-    root = folder.resolve()
     label_names = getattr(source, "label_names_of", lambda c: None)(cfg.label)
     blobs = {m: _Blob(partial, f"{'text' if k == 'text' else 'raw'}.{m}")
              for m, k in cfg.modalities.items() if k != "vector"}
     kinds = {m: [] for m, k in cfg.modalities.items() if k in ("image", "audio")}
-    stats = {m: [] for m in kinds}
     vectors = {m: [] for m, k in cfg.modalities.items() if k == "vector"}
     labels, splits, lines = [], [], []
     try:
@@ -77,10 +75,9 @@ def scan(source, cfg, folder: Path, partial: Path) -> None:
                 elif kind == "vector":
                     vectors[m].append(_vector(values, m, where, vectors[m][0] if vectors[m] else None))
                 else:
-                    ref, how, st = _file(values, m, folder, root, where)
+                    ref, how = _file(values, m, folder, where)
                     blobs[m].add(ref)
                     kinds[m].append(how)
-                    stats[m].append(st)
     except BaseException:
         for b in blobs.values():  # the scan starts over next time: no stray temp files
             b.f.close()
@@ -100,7 +97,6 @@ def scan(source, cfg, folder: Path, partial: Path) -> None:
     save_array(partial / "line.npy", np.asarray(lines, dtype=np.int64))
     for m in kinds:
         save_array(partial / f"rawkind.{m}.npy", np.asarray(kinds[m], dtype=np.int8))
-        save_array(partial / f"stat.{m}.npy", np.asarray(stats[m], dtype=np.int64).reshape(-1, 2))
     for m, v in vectors.items():
         save_array(partial / f"vec.{m}.npy", np.asarray(v, dtype=np.float64))
     info = {"rows": len(labels), "classes": classes, "metadata": name,
@@ -130,15 +126,16 @@ def _split(v, col: str, where: str) -> int:
     return SPLIT_CODES[s]
 
 
-def _file(values: dict, col: str, folder: Path, root: Path, where: str) -> tuple[bytes, int, tuple[int, int]]:
-    """(reference, PATH or BYTES, (size, mtime_ns)) of a row's image/audio cell."""
+def _file(values: dict, col: str, folder: Path, where: str) -> tuple[bytes, int]:
+    """(reference, PATH or BYTES) of a row's image/audio cell. The path's syntax is checked here;
+    that the file exists inside the folder is checked by the decode workers, which open it anyway."""
     v = _value(values, col)
     if isinstance(v, dict):  # the Hub's Image/Audio layout: bytes when embedded, else a path
         if v.get("bytes"):
-            return bytes(v["bytes"]), BYTES, (len(v["bytes"]), 0)
+            return bytes(v["bytes"]), BYTES
         v = v.get("path")
     if isinstance(v, (bytes, bytearray)):
-        return bytes(v), BYTES, (len(v), 0)
+        return bytes(v), BYTES
     if not isinstance(v, str):
         raise DataError(f"{where}: '{col}' needs a file path relative to {folder} (or the file's bytes), got "
                         f"{_short(v)}")
@@ -147,16 +144,7 @@ def _file(values: dict, col: str, folder: Path, root: Path, where: str) -> tuple
         raise DataError(f"{where}: '{col}' path '{v}' is absolute: write it relative to the dataset folder {folder}")
     if ".." in rel.parts:
         raise DataError(f"{where}: '{col}' path '{v}' leaves the dataset folder: write it relative to {folder}, without '..'")
-    path = folder / rel
-    if not path.resolve().is_relative_to(root):  # a symlink may still point elsewhere
-        raise DataError(f"{where}: '{col}' path '{v}' resolves to {path.resolve()}, outside the dataset folder: copy the file into {folder}")
-    try:
-        st = path.stat()
-    except OSError:
-        st = None
-    if st is None or not path.is_file():
-        raise DataError(f"{where}: '{col}' file '{v}' not found in {folder}: add the file or fix the row")
-    return str(rel).encode("utf-8"), PATH, (st.st_size, st.st_mtime_ns)
+    return str(rel).encode("utf-8"), PATH
 
 
 def _short(v) -> str:

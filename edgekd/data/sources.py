@@ -64,10 +64,19 @@ class TableSource(Source):
     def __init__(self, path: Path):
         self.path, self.name = path, path.name
         self.raw = path.read_bytes()
-        self._rows, self.columns = _parse(self.name, self.raw, csv_format=path.suffix.lower() == ".csv")
+        self._parsed = None  # parsed on first use: a run that finds its store never parses
+
+    def _parse(self):
+        if self._parsed is None:
+            self._parsed = _parse(self.name, self.raw, csv_format=self.path.suffix.lower() == ".csv")
+        return self._parsed
+
+    @property
+    def columns(self) -> list[str]:
+        return self._parse()[1]
 
     def rows(self):
-        yield from self._rows
+        yield from self._parse()[0]
 
     def identity(self) -> str:
         return hashlib.sha256(self.raw).hexdigest()

@@ -5,10 +5,11 @@
       label.npy split.npy line.npy  per row: class code, split code (-1: none), metadata line
       text.<m>.bin / .off.npy       texts as UTF-8, row i at [off[i], off[i + 1])
       raw.<m>.bin / .off.npy        image/audio files: relative paths, or the bytes a Parquet/Arrow row held
-      stat.<m>.npy                  (size, mtime_ns) of each file when it was hashed
       vec.<m>.npy                   vectors as written (float64)
       <shard>.<m>.npy               decoded, unnormalised features of rows [shard * S, (shard + 1) * S)
       <shard>.<m>.sha.npy           sha256 of each file's bytes (the dataset fingerprint)
+      <shard>.<m>.stat.npy          (size, mtime_ns) of each file when it was hashed
+      derived/<fingerprint>.json    splits' statistics and tokenizers, per recipe data settings
 
 The metadata scan and each shard are written under `<key>.partial/` (temp file + rename, a shard's
 `.done` marker last), and the folder is renamed to `<key>` only when complete: a reader never sees
@@ -115,6 +116,11 @@ class Store:
         n = -(-self.rows // self.shard_rows)
         return np.concatenate([np.load(self.path / f"{s:05d}.{m}.sha.npy") for s in range(n)])
 
+    def stats(self, m: str) -> np.ndarray:
+        """(size, mtime_ns) of each row's file when it was decoded (0, 0 for bytes)."""
+        n = -(-self.rows // self.shard_rows)
+        return np.concatenate([np.load(self.path / f"{s:05d}.{m}.stat.npy") for s in range(n)])
+
     def file_modalities(self) -> list[str]:
         return [m for m, e in self.index["modalities"].items() if e["kind"] in ("image", "audio")]
 
@@ -220,11 +226,12 @@ def stale_shards(store: Store, folder: Path) -> list[int]:
     """Shards holding a file whose size or mtime differs from when it was hashed (or that is gone)."""
     stale: set[int] = set()
     for m in store.file_modalities():
-        stat = np.load(store.path / f"stat.{m}.npy", mmap_mode="r")
+        stat = store.stats(m)
         rows = store.path_rows(m)
-        for i, rel in zip(rows, store.strings(f"raw.{m}", rows)):
+        base = os.fsencode(folder) + b"/"
+        for i, rel in zip(rows.tolist(), store.strings(f"raw.{m}", rows)):
             try:
-                st = os.stat(folder / rel.decode("utf-8"))
+                st = os.stat(base + rel)
                 same = st.st_size == stat[i, 0] and st.st_mtime_ns == stat[i, 1]
             except OSError:
                 same = False

@@ -141,9 +141,10 @@ def testset_rows(labels: np.ndarray, cap: int, seed: int) -> np.ndarray:
     if cap <= 0 or len(labels) <= cap:
         return np.arange(len(labels))
     rng = np.random.default_rng([seed, 29])
-    picked = [rng.permutation(np.flatnonzero(labels == c))[: max(1, round(cap * np.mean(labels == c)))]
-              for c in np.unique(labels)]
-    return np.sort(np.concatenate(picked))[:cap]
+    picked = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[: max(1, int(cap * np.mean(labels == c)))]
+                             for c in np.unique(labels)])
+    rest = rng.permutation(np.setdiff1d(np.arange(len(labels)), picked))  # rounding down left room: top it up
+    return np.sort(np.concatenate([picked, rest])[:cap])
 
 
 def bundle(run: RunDir, data, tests: dict, files, metrics, config, embed_dim: int, used: set[str]) -> Path:
