@@ -83,9 +83,11 @@ def measured(cmd: list[str], env: dict) -> dict:
     t.join()
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
-    found = re.search(r"fingerprint \w+ \(([\d.]+) s;", out)  # `data prepare`: the data's own time, no start-up
+    # `data prepare`: the data's own time (no start-up), and the store build's scan and decode
+    found = re.search(r"fingerprint \w+ \(([\d.]+) s; when built: scan ([\d.]+) s, decoding ([\d.]+) s", out)
     return {"seconds": round(time.perf_counter() - t0, 1), "peak_anon_mb": round(peak[0] / 1024), "output": out,
-            **({"data_seconds": float(found.group(1))} if found else {})}
+            **({"data_seconds": float(found.group(1)), "store_build_seconds": round(float(found.group(2))
+                + float(found.group(3)), 2)} if found else {})}
 
 
 def recipe(path: Path, data: Path, teacher: str, rgb: bool = True) -> Path:
@@ -132,6 +134,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, nargs="+", default=[20000])
     ap.add_argument("--workers", type=int, nargs="*", default=[], help="store builds with these worker counts")
+    ap.add_argument("--repeat", type=int, default=3, help="store builds per worker count")
     ap.add_argument("--vit", action="store_true", help="the 224-px ViT teacher (head and all) instead of scratch")
     ap.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "data" / "tabler-icons")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edgekd-scale")
@@ -141,13 +144,14 @@ def main() -> None:
     rows_out = []
     for n in a.rows:
         data = synthesise(a.src, n, a.work / f"icons-{n}")
-        for w in a.workers:  # store build alone, from nothing, with w decode workers
-            env = {**os.environ, "EDGEKD_CACHE": str(a.work / f"cache-{n}-w{w}"), "OMP_NUM_THREADS": "1"}
-            shutil.rmtree(env["EDGEKD_CACHE"], ignore_errors=True)
-            r = recipe(a.work / "r.yaml", data, "scratch")
-            got = measured([edgekd, "data", "prepare", str(r), "--set", f"data.workers={w}"], env)
-            rows_out.append({"rows": n, "what": f"store build, {w} worker(s)", **got})
-            shutil.rmtree(env["EDGEKD_CACHE"], ignore_errors=True)
+        for rep in range(a.repeat if a.workers else 0):  # store build alone, from nothing, with w decode workers
+            for w in a.workers:  # interleaved, so a busy moment of the machine hits every count alike
+                env = {**os.environ, "EDGEKD_CACHE": str(a.work / f"cache-{n}-w{w}"), "OMP_NUM_THREADS": "1"}
+                shutil.rmtree(env["EDGEKD_CACHE"], ignore_errors=True)
+                r = recipe(a.work / "r.yaml", data, "scratch")
+                got = measured([edgekd, "data", "prepare", str(r), "--set", f"data.workers={w}"], env)
+                rows_out.append({"rows": n, "what": f"store build, {w} worker(s), try {rep + 1}", **got})
+                shutil.rmtree(env["EDGEKD_CACHE"], ignore_errors=True)
         if a.workers:
             continue
         teachers = ("vit-head", "vit-all") if a.vit else ("scratch",)
@@ -168,9 +172,9 @@ def main() -> None:
             rows_out.append({"rows": n, "what": f"run --until distill, {t}", **got,
                              "teacher_accuracy": stages["teacher"]["metrics"]["accuracy"],
                              "student_accuracy": stages["distill"]["metrics"]["accuracy"]})
-    print("| rows | what | wall s (data s) | rows/s | peak anon MB |\n|---:|---|---:|---:|---:|")
+    print("| rows | what | wall s (in-process s; store build s) | rows/s | peak anon MB |\n|---:|---|---:|---:|---:|")
     for r in rows_out:
-        data_s = f" ({r['data_seconds']})" if "data_seconds" in r else ""
+        data_s = f" ({r['data_seconds']}; store {r['store_build_seconds']})" if "data_seconds" in r else ""
         print(f"| {r['rows']:,} | {r['what']} | {r['seconds']}{data_s} | {r['rows'] / max(r['seconds'], 1e-9):,.0f} | "
               f"{r['peak_anon_mb']:,} |")
     if a.out:

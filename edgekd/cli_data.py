@@ -39,8 +39,9 @@ def prepare(recipe: RecipeArg, data_root: DataRoot = None, set_: Sets = None,
         data = load_dataset(r, data_root, progress=bar)
     store = data.store
     typer.echo(f"data store {store.path}: {store.rows:,} rows, {len(data.classes)} classes, "
-               f"fingerprint {data.fingerprint()} ({time.perf_counter() - t0:.1f} s; decoding took "
-               f"{store.index.get('decode_seconds', 0)} s on {store.index.get('workers', 1)} workers when built)")
+               f"fingerprint {data.fingerprint()} ({time.perf_counter() - t0:.1f} s; when built: scan "
+               f"{store.index.get('scan_seconds', 0)} s, decoding {store.index.get('decode_seconds', 0)} s on "
+               f"{store.index.get('workers', 1)} workers)")
 
 
 def verify(recipe: RecipeArg, data_root: DataRoot = None, set_: Sets = None):

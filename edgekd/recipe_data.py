@@ -82,7 +82,7 @@ class FolderData(Strict):
         None, ge=1, description="Processes that decode the data store and run teacher processors in loader "
         "workers (default: every core). Changes no result, so no stage goes stale.")
     shard_rows: int = Field(
-        4096, ge=1, description="Rows per data-store shard: the unit of parallel decoding and of resuming a "
+        1024, ge=1, description="Rows per data-store shard: the unit of parallel decoding and of resuming a "
         "killed build. Changes no result.")
 
     @model_validator(mode="after")

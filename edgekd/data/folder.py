@@ -117,12 +117,7 @@ def _fingerprint(store: Store, cfg: FolderData, seed: int, source) -> str:
     unchanged = {"path", *MACHINE_ONLY} | ({"image_mode"} if cfg.image_mode == "gray" else set())
     h.update(cfg.model_dump_json(exclude=unchanged).encode() + b"\n")
     h.update(source.content())
-    files: dict[str, bytes] = {}
-    for m in store.file_modalities():
-        rows, sha = store.path_rows(m), store.digests(m)
-        files.update({rel.decode("utf-8"): bytes(sha[i]) for i, rel in zip(rows, store.strings(f"raw.{m}", rows))})
-    for rel in sorted(files):
-        h.update(rel.encode() + b"\0" + files[rel])
+    h.update((store.path / "files.bin").read_bytes())  # each file's path and sha256, sorted by path
     return h.hexdigest()[:16]
 
 

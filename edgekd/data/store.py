@@ -162,8 +162,10 @@ def open_or_build(key: str, scan, plan: dict, folder: Path, workers: int, progre
 
 def _build(final: Path, partial: Path, scan, plan: dict, folder: Path, workers: int, progress, label: str) -> Store:
     partial.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
     if not (partial / "scan.json").is_file():
         scan(partial)  # writes scan.json last
+    scan_seconds = round(time.perf_counter() - t0, 2)
     info = json.loads((partial / "scan.json").read_text(encoding="utf-8"))
     rows, shard_rows = int(info["rows"]), int(plan["shard_rows"])
     files = {m: e for m, e in plan["modalities"].items() if e["kind"] in ("image", "audio")}
@@ -179,12 +181,32 @@ def _build(final: Path, partial: Path, scan, plan: dict, folder: Path, workers: 
     t0 = time.perf_counter()
     _run_jobs(jobs, workers, progress, label)
     index = {**info, "format": FORMAT, "shard_rows": shard_rows, "modalities": plan["modalities"],
-             "decode_seconds": round(time.perf_counter() - t0, 2), "workers": workers}
+             "scan_seconds": scan_seconds, "decode_seconds": round(time.perf_counter() - t0, 2), "workers": workers}
+    _files_blob(partial, rows, shard_rows, files)
     with open(partial / "index.json.tmp", "w", encoding="utf-8") as f:
         json.dump(index, f, indent=1)
     os.replace(partial / "index.json.tmp", partial / "index.json")
     os.replace(partial, final)
     return Store(final)
+
+
+def _files_blob(d: Path, rows: int, shard_rows: int, files: dict) -> None:
+    """files.bin: every distinct file's relative path and sha256 ("rel\\0digest", sorted by path), what
+    the dataset fingerprint hashes, so a run reads one file instead of a digest per row."""
+    found: dict[bytes, bytes] = {}
+    for m in files:
+        how = np.load(d / f"rawkind.{m}.npy")
+        size = (d / f"raw.{m}.bin").stat().st_size
+        data = np.memmap(d / f"raw.{m}.bin", dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        off = np.load(d / f"raw.{m}.off.npy")
+        sha = np.concatenate([np.load(d / f"{k:05d}.{m}.sha.npy") for k in range(-(-rows // shard_rows))])
+        for i in np.flatnonzero(how == 0).tolist():
+            found[bytes(data[off[i] : off[i + 1]])] = sha[i].tobytes()
+    save_blob = d / "files.bin.tmp"
+    with open(save_blob, "wb") as f:
+        for rel in sorted(found):
+            f.write(rel + b"\0" + found[rel])
+    os.replace(save_blob, d / "files.bin")
 
 
 def _check_space(partial: Path, files: dict, rows: int) -> None:
@@ -197,6 +219,15 @@ def _check_space(partial: Path, files: dict, rows: int) -> None:
                         "bigger disk, or lower data.image_size")
 
 
+def _context():
+    """forkserver: each worker is forked from a small server process that has imported the decoder
+    once, so workers start in milliseconds (spawn measured 0.3-0.5 s each, a third of a 20,000-row
+    build) without inheriting this process's heap, torch and its threads."""
+    ctx = get_context("forkserver")
+    ctx.set_forkserver_preload(["edgekd.data.decode"])
+    return ctx
+
+
 def _run_jobs(jobs: list[dict], workers: int, progress, label: str) -> None:
     task = progress.add_task(f"{label}decoding", total=sum(j["stop"] - j["start"] for j in jobs)) if progress else None
     if workers <= 1 or len(jobs) <= 1:
@@ -205,8 +236,7 @@ def _run_jobs(jobs: list[dict], workers: int, progress, label: str) -> None:
             if progress:
                 progress.update(task, advance=j["stop"] - j["start"])
     else:
-        # spawn: workers start clean (no copy of a parent holding torch and its threads)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_context()) as pool:
             pending = {pool.submit(decode.shard, j): j for j in jobs}
             while pending:
                 done, _ = wait(pending, return_when=FIRST_EXCEPTION)
