@@ -237,3 +237,28 @@ def test_doctor_reports_the_store_missing_whole_stale_partial_and_corrupt(tmp_pa
     ds.store.path.rename(ds.store.path.with_name(ds.store.path.name + ".partial"))
     level, finding = store_state(cfg, tmp_path)
     assert level == "warning" and "cut short" in finding
+
+
+def test_a_real_disk_too_small_for_the_store_is_refused_in_one_line(tmp_path, capsys):
+    from conftest import cli
+    from test_run_safety import tmpfs
+
+    folder = tmp_path / "ds"
+    (folder / "img").mkdir(parents=True)
+    rows = []
+    for i in range(100):
+        write_png(folder / "img" / f"{i}.png", i)
+        rows.append({"img": f"img/{i}.png", "label": "ab"[i % 2]})
+    write_jsonl(folder, rows)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: r\ndata: {{name: folder, path: {folder}, modalities: {{img: image}}, image_size: 64, "
+                      "image_mode: rgb, workers: 1}\nteacher: {name: mm_transformer}\nstudent: {name: fusion_lean}\n")
+    with tmpfs(tmp_path / "small", "2m") as disk:  # 100 rows x 49 KB do not fit
+        os.environ["EDGEKD_CACHE"], before = str(disk), os.environ.get("EDGEKD_CACHE")
+        try:
+            code, _, err = cli(capsys, "data", "prepare", recipe)
+        finally:
+            os.environ["EDGEKD_CACHE"] = before
+        assert code == 1 and "the data store needs about 0.01 GB for 100 rows" in err and "EDGEKD_CACHE" in err
+        assert len(err.strip().splitlines()) == 1
+        assert not list(disk.rglob("*.done")) and not list(disk.rglob("*.npy.tmp*"))

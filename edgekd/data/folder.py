@@ -262,11 +262,12 @@ def _moments(fetch, rows: np.ndarray, per: str) -> tuple[np.ndarray, np.ndarray]
     n, mean, m2 = 0, 0.0, 0.0
     rows = np.sort(rows)  # the store's order: sequential reads
     for i in range(0, len(rows), CHUNK):
-        x = np.asarray(fetch(rows[i : i + CHUNK]), dtype=np.float64)
-        x = (x.reshape(-1, 1) if per == "all" else np.moveaxis(x, 1, -1).reshape(-1, x.shape[1]) if per == "channel"
-             else x.reshape(len(x), -1))
-        k, cm = len(x), x.mean(axis=0)
-        cm2 = ((x - cm) ** 2).sum(axis=0)
+        x = np.asarray(fetch(rows[i : i + CHUNK]))
+        # (rows, statistics, values of each): no transposed copy, float64 accumulation
+        x = x.reshape(1, 1, -1) if per == "all" else x.reshape(len(x), x.shape[1], -1) if per == "channel" \
+            else x.reshape(len(x), -1, 1)
+        k, cm = x.shape[0] * x.shape[2], x.mean(axis=(0, 2), dtype=np.float64)
+        cm2 = ((x - cm[None, :, None]) ** 2).sum(axis=(0, 2))
         delta, total = cm - mean, n + k
         mean = mean + delta * k / total
         m2 = m2 + cm2 + delta**2 * n * k / total
