@@ -237,7 +237,7 @@ def check_encoders(recipe, data, how: Plan | None = None) -> None:
 def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dict:
     r = run.recipe
     with threads(r.threads):
-        data = load_dataset(r, data_root)
+        data = load_dataset(r, data_root, progress=progress)  # the first stage builds the data store: show it
         adopted = _check_adoptable(run, data) if r.teacher.checkpoint else None  # before anything changes
         # the teacher's own input path (its processors' view of the same rows); the processors and the
         # pretrained encoders load here, so their errors come before anything is written
