@@ -52,6 +52,11 @@ def describe_dataset(target: str, data_root=None, overrides: list[str] | None = 
                      f"({recipe.data.image_pca_variance:.0%} of train-image variance)")
     if data.num_pairings > 1:
         notes.append(f"{data.num_pairings} seeded train pairings of audio clips with images, cycled over epochs")
+    store = getattr(data, "store", None)
+    if store is not None:
+        i = store.index
+        notes.append(f"data store {store.path}: {store.rows:,} rows in {-(-store.rows // store.shard_rows)} shards; "
+                     f"built by {i.get('workers', 1)} worker(s) in {i.get('scan_seconds', 0) + i.get('decode_seconds', 0):.1f} s")
     return {
         "name": data.name,
         "root": str(resolve(data_root)),
