@@ -20,6 +20,7 @@ class Column:
     """Rows `rows` of a dataset column, fetched by `fetch` on indexing."""
 
     heavy = False  # True: fetching runs a processor per row (edgekd.data.loader gives it workers)
+    workers: int | None = None  # how many loader workers a heavy column asks for (None: every core)
 
     def __init__(self, fetch: Fetch, rows: np.ndarray, shape: tuple[int, ...], dtype):
         self.fetch, self.rows = fetch, np.asarray(rows, dtype=np.int64)
@@ -47,7 +48,7 @@ class Column:
     def take(self, idx) -> Column:
         """The same column over rows `idx` of this one, still lazy."""
         out = Column(self.fetch, self.rows[idx], self.row_shape, self.dtype)
-        out.heavy = self.heavy
+        out.heavy, out.workers = self.heavy, self.workers
         return out
 
     def __array__(self, dtype=None, copy=None):

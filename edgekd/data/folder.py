@@ -127,7 +127,7 @@ class FolderDataset:
     num_pairings = 1
 
     def __init__(self, store: Store, cfg: FolderData, folder: Path, seed: int, source):
-        self.store, self.folder = store, folder
+        self.store, self.folder, self.workers = store, folder, cfg.workers
         self.name = folder.resolve().name
         self.classes: list[str] = list(store.classes)
         self._labels = np.asarray(store.labels, dtype=np.int64)

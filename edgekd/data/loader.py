@@ -39,11 +39,13 @@ def heavy(inputs: dict) -> bool:
 
 
 def loader_workers(inputs: dict, workers: int | None = None) -> int:
-    """0 for store reads; for per-row processors `workers` (default: EDGEKD_LOADER_WORKERS, else every core)."""
+    """0 for store reads; for per-row processors `workers`, else the columns' own (the recipe's
+    data.workers), else every core."""
     if not heavy(inputs):
         return 0
     if workers is None:
-        workers = int(os.environ.get("EDGEKD_LOADER_WORKERS", "0") or 0) or len(os.sched_getaffinity(0))
+        asked = [x.workers for x in inputs.values() if getattr(x, "workers", None)]
+        workers = max(asked) if asked else len(os.sched_getaffinity(0))
     return max(0, int(workers))
 
 

@@ -79,7 +79,7 @@ class TeacherView:
             return Column(lambda r: np.asarray(arr[np.asarray(r)]), rows, spec.shape, spec.dtype)
         fetch, heavy = self._fetch[name]
         col = Column(fetch, rows, spec.shape, spec.dtype)
-        col.heavy = heavy
+        col.heavy, col.workers = heavy, getattr(self.data, "workers", None)  # the recipe's data.workers
         return col
 
     def has_split(self, name: str) -> bool:
