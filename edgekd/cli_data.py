@@ -28,18 +28,21 @@ def _recipe(path: Path, sets):
 def prepare(recipe: RecipeArg, data_root: DataRoot = None, set_: Sets = None,
             resume: Annotated[bool, typer.Option("--resume", help="Accepted for symmetry: a cut-short build always continues.")] = False):
     """Decode a folder dataset into its data store (in parallel, resumable); runs reuse it."""
+    import sys
+
+    import tokenizers  # noqa: F401  (code loading is not data preparation: the time below is the data's)
+
+    import edgekd.data.folder  # noqa: F401
     from edgekd.data import load_dataset
     from edgekd.progress import progress_bar
 
     r = _recipe(recipe, set_)
     t0 = time.perf_counter()
-    import sys
-
     with progress_bar(enabled=sys.stderr.isatty()) as bar:
         data = load_dataset(r, data_root, progress=bar)
     store = data.store
     typer.echo(f"data store {store.path}: {store.rows:,} rows, {len(data.classes)} classes, "
-               f"fingerprint {data.fingerprint()} ({time.perf_counter() - t0:.1f} s; when built: scan "
+               f"fingerprint {data.fingerprint()} ({time.perf_counter() - t0:.2f} s; when built: scan "
                f"{store.index.get('scan_seconds', 0)} s, decoding {store.index.get('decode_seconds', 0)} s on "
                f"{store.index.get('workers', 1)} workers)")
 
