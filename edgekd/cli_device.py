@@ -47,9 +47,21 @@ def serve(bundle: Annotated[Path, typer.Argument(help="A bundle directory (runs/
                         max_batch=max_batch or d.max_batch, queue=queue or d.queue,
                         max_delay_ms=d.max_delay_ms if max_delay_ms is None else max_delay_ms,
                         max_body_bytes=int(max_body_mib * 2**20), read_timeout_s=read_timeout,
-                        token=os.environ.get(token_env) or None, drift_window=drift_window,
+                        token=serve_token(token_env), drift_window=drift_window,
                         drift_min_samples=min(drift_min_samples, drift_window), debug=debug or os.environ.get("EDGEKD_DEBUG") == "1")
     run_server(bundle, settings, host=host, port=port)
+
+
+def serve_token(env: str) -> str | None:
+    """The bearer token in `env`, without the trailing newline `$(cat file)` or an editor leaves;
+    a variable that is set but blank is refused (it would make every request a 401)."""
+    raw = os.environ.get(env)
+    if raw is None or raw == "":
+        return None
+    if not raw.strip():
+        raise UsageError(f"{env} is set but holds only whitespace: put the token in it, or unset it to serve "
+                         "without one")
+    return raw.strip()
 
 
 def triton(bundle: Annotated[Path, typer.Argument(help="A bundle directory (runs/<name>/bundle).")],

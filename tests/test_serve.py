@@ -256,6 +256,11 @@ HOSTILE = [
     ("deeply nested json", dict(content=b"[" * 100_000, headers={"content-type": "application/json"}), 400),
     ("slow client", dict(content=slow_body(10, 1.5), headers={"content-type": "multipart/form-data; boundary=x"}),
      408),
+    ("float wav of NaN", dict(files={"image": ("a.png", None), "audio": ("nan.wav", None)}), 422),
+    ("float wav of infinity", dict(files={"image": ("a.png", None), "audio": ("inf.wav", None)}), 422),
+    ("MAT5 audio: not a format the server decodes", dict(files={"image": ("a.png", None), "audio": ("x.mat", None)}),
+     422),
+    ("a text file as the image", dict(files={"image": ("hostname", b"myhost\n"), "audio": ("a.wav", None)}), 422),
     ("GET on predict", dict(method="GET"), 405),
     ("unknown path", dict(path="/v1/nope"), 404),
     ("unknown path 2", dict(path="/../../etc/passwd"), 404),
@@ -273,6 +278,22 @@ def tiff_bytes() -> bytes:
 
     b = io.BytesIO()
     Image.fromarray(dark_image(np.random.default_rng(0))).save(b, "TIFF")
+    return b.getvalue()
+
+
+def float_wav(value: float) -> bytes:
+    import soundfile as sf
+
+    b = io.BytesIO()
+    sf.write(b, np.full(4000, value, np.float32), 8000, format="WAV", subtype="FLOAT")
+    return b.getvalue()
+
+
+def mat5_audio() -> bytes:
+    import soundfile as sf
+
+    b = io.BytesIO()
+    sf.write(b, 0.1 * np.sin(np.arange(8000) / 5.0).astype(np.float32), 8000, format="MAT5", subtype="FLOAT")
     return b.getvalue()
 
 
@@ -295,7 +316,8 @@ def long_flac() -> bytes:
 def _fill(kwargs: dict, good: dict, bomb: bytes) -> dict:
     files = kwargs.get("files")
     names = {v[0] for v in files.values()} if isinstance(files, dict) else set()
-    makers = {"long.flac": long_flac, "broken.png": broken_png, "x.tiff": tiff_bytes, "wide.flac": wide_wav}
+    makers = {"long.flac": long_flac, "broken.png": broken_png, "x.tiff": tiff_bytes, "wide.flac": wide_wav,
+              "nan.wav": lambda: float_wav(np.nan), "inf.wav": lambda: float_wav(np.inf), "x.mat": mat5_audio}
     special = {"bomb.png": bomb, **{n: f() for n, f in makers.items() if n in names}}
     if isinstance(files, dict):  # None = the good file for that field (the other one is what is wrong)
         files = {k: (v[0], special.get(v[0]) or (good[k][1] if v[1] is None else v[1])) for k, v in files.items()}
@@ -314,9 +336,46 @@ def test_hostile_requests_are_4xx_and_the_server_keeps_serving(av_server, tmp_pa
         assert r.status_code == status, f"{name}: {r.status_code} {r.text}"
         assert isinstance(r.json().get("error"), str) and r.json()["error"], name
         assert "Traceback" not in r.text, name
+        assert "object at 0x" not in r.text, f"{name}: an object's repr in the error: {r.text}"
+        if status == 405:  # RFC 9110: a 405 names the methods the resource takes
+            assert r.headers.get("allow"), f"{name}: 405 without Allow"
         assert c.post("/v1/predict", files=good).status_code == 200, f"after {name}"
     metrics = c.get("/metrics").text
     assert 'edgekd_input_missing_total{input="audio"}' in metrics
+
+
+def test_a_json_key_given_twice_is_refused_not_last_wins(av_server):
+    good = av_files(7)
+    b64 = {k: base64.b64encode(v[1]).decode() for k, v in good.items()}
+    body = f'{{"inputs": {{"image": "!!", "image": "{b64["image"]}", "audio": "{b64["audio"]}"}}}}'.encode()
+    r = av_server.client.post("/v1/predict", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "'image' is given twice" in r.json()["error"]
+
+
+def test_the_serve_token_is_stripped_and_a_blank_one_refused(monkeypatch):
+    from edgekd.cli_device import serve_token
+    from edgekd.errors import UsageError
+
+    monkeypatch.setenv("TOK", "s3cret\n")  # what `export TOK=$(cat token.txt)` of an editor's file gives
+    assert serve_token("TOK") == "s3cret"
+    monkeypatch.setenv("TOK", "")
+    assert serve_token("TOK") is None
+    monkeypatch.delenv("TOK")
+    assert serve_token("TOK") is None
+    monkeypatch.setenv("TOK", " \n\t")
+    with pytest.raises(UsageError, match="only whitespace"):
+        serve_token("TOK")
+
+
+def test_predict_refuses_non_finite_audio_in_one_line(bundles, tmp_path, capsys):
+    from conftest import cli
+
+    nan = tmp_path / "nan.wav"
+    nan.write_bytes(float_wav(np.nan))
+    img = tmp_path / "d.png"
+    img.write_bytes(av_files(7)["image"][1])
+    code, _, err = cli(capsys, "predict", bundles["av"], "--image", img, "--audio", nan)
+    assert code == 2 and "non-finite samples" in err and len(err.strip().splitlines()) == 1  # as any unreadable --audio
 
 
 # --------------------------------------------------------------------------- drift

@@ -73,7 +73,8 @@ def log_mel_features(samples: np.ndarray, p: dict) -> np.ndarray:
 AUDIO_FORMATS = "wav (PCM 8/16/24/32-bit, float 32/64-bit), FLAC, OGG/Vorbis, MP3, AIFF"
 
 
-def read_audio(path, max_seconds: float = 3600.0, seconds: float | None = None) -> tuple[np.ndarray, int]:
+def read_audio(path, max_seconds: float = 3600.0, seconds: float | None = None,
+               formats: tuple[str, ...] | None = None) -> tuple[np.ndarray, int]:
     """Mono float32 samples in [-1, 1] and the sample rate of an audio file (a path or a binary
     file object), through libsndfile (the soundfile package: wav of every PCM and float width, FLAC,
     OGG, MP3, AIFF). Integer PCM is scaled by its full range (16-bit: / 32768), so 16-bit wavs read
@@ -87,6 +88,8 @@ def read_audio(path, max_seconds: float = 3600.0, seconds: float | None = None) 
         info = sf.info(src)
     except (sf.LibsndfileError, RuntimeError) as e:  # not audio, truncated header, unknown format
         raise ValueError(f"{_first_line(e)}; readable formats: {AUDIO_FORMATS}") from None
+    if formats and info.format not in formats:  # a server: only the containers it documents
+        raise ValueError(f"audio format {info.format} is not accepted; send one of {', '.join(formats)}")
     if not 1 <= info.samplerate <= 1_000_000:  # 0 would divide by zero when resampling; absurd rates blow up memory
         raise ValueError(f"the file's header says sample rate {info.samplerate} Hz (expected 1 Hz to 1 MHz)")
     if not 1 <= info.channels <= 32:  # each channel is decoded before the mono mix
@@ -105,6 +108,8 @@ def read_audio(path, max_seconds: float = 3600.0, seconds: float | None = None) 
         raise ValueError(f"{_first_line(e)}; readable formats: {AUDIO_FORMATS}") from None
     if data.shape[0] == 0:
         raise ValueError("the file holds no audio samples")
+    if not np.isfinite(data).all():  # a float wav can hold NaN or infinity: the model would answer noise
+        raise ValueError("the file holds non-finite samples (NaN or infinity)")
     return (data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]).astype(np.float32), int(rate)
 
 
@@ -126,13 +131,14 @@ def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
     return np.interp(t_out, np.arange(samples.shape[0]), samples).astype(np.float32)
 
 
-def audio_from_file(path, p: dict, max_seconds: float = 3600.0) -> np.ndarray:
-    return normalise_audio(audio_features(path, p, max_seconds), p)
+def audio_from_file(path, p: dict, max_seconds: float = 3600.0, formats: tuple[str, ...] | None = None) -> np.ndarray:
+    return normalise_audio(audio_features(path, p, max_seconds, formats), p)
 
 
-def audio_features(path, p: dict, max_seconds: float = 3600.0) -> np.ndarray:
+def audio_features(path, p: dict, max_seconds: float = 3600.0, formats: tuple[str, ...] | None = None) -> np.ndarray:
     """An audio file's unnormalised log-mels: only the clip the model sees is decoded."""
-    samples, rate = read_audio(path, max_seconds, seconds=int(p["num_samples"]) / int(p["sample_rate"]))
+    samples, rate = read_audio(path, max_seconds, seconds=int(p["num_samples"]) / int(p["sample_rate"]),
+                               formats=formats)
     return log_mel_features(resample(samples, rate, int(p["sample_rate"])), p)
 
 
@@ -201,6 +207,8 @@ def image_file_pixels(path, p: dict, max_pixels: int | None = None,
             mode = "RGB" if int(p.get("channels", 1)) == 3 else "L"
             if p.get("alpha") == "white" and (im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info):
                 im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
+            if im.mode == "F" and not np.isfinite(np.asarray(im)).all():  # a float TIFF can hold NaN
+                raise ValueError("the image holds non-finite pixels (NaN or infinity)")
             return image_pixels(np.asarray(im.convert(mode)), p)
     except Image.DecompressionBombError as e:  # not an OSError: callers catch ValueError for unreadable images
         raise ValueError(f"image too large to decode safely ({str(e).split(',')[0]})") from None

@@ -289,8 +289,9 @@ def build_app(bundle_dir, settings: Settings) -> Starlette:
         return Response(svc.metrics.render(depth, psi), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def not_found(request, exc: HTTPException):
+        # the exception's headers carry `Allow` on a 405, which RFC 9110 requires in the response
         return _error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}; endpoints are "
-                                        f"{', '.join(ROUTES)}")
+                                        f"{', '.join(ROUTES)}", headers=getattr(exc, "headers", None))
 
     @asynccontextmanager
     async def lifespan(app):

@@ -12,6 +12,7 @@ import base64
 import binascii
 import io
 import json
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,8 @@ class Limits:
     max_text_chars: int = 20_000
     # the decoders a stranger's bytes may reach (no TIFF/PSD/EPS...: less attack surface)
     image_formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP")
+    # libsndfile reads 20-odd containers (MAT5, PAF, HTK, ...); a stranger's bytes reach only these
+    audio_formats: tuple[str, ...] = ("WAV", "WAVEX", "FLAC", "OGG", "MP3", "AIFF")
 
 
 WHAT = {"image": "a png/jpg file", "audio": "an audio file (wav, flac, ogg, mp3)", "text": "a text string",
@@ -113,11 +116,13 @@ class Decoder:
             if kind == "image":
                 return pp.image_from_file(io.BytesIO(value), p, max_pixels=self.limits.max_pixels,
                                           formats=self.limits.image_formats)
-            return pp.audio_from_file(io.BytesIO(value), p, max_seconds=self.limits.max_audio_seconds)
+            return pp.audio_from_file(io.BytesIO(value), p, max_seconds=self.limits.max_audio_seconds,
+                                      formats=self.limits.audio_formats)
         except RequestError:
             raise
         except Exception as e:  # noqa: BLE001 -- a stranger's bytes: any decoder failure (Pillow raises SyntaxError) is a 422
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            why = re.sub(r"\s*<[\w.]+ object at 0x[0-9a-f]+>", "", why)  # Pillow names the in-memory file's repr
             status = 413 if "too large" in why or "long (at most" in why else 422
             raise RequestError(status, f"field '{name}' is not a readable {WHAT[kind]} ({why[:200]})") from None
 
@@ -136,10 +141,20 @@ def _numbers(name: str, value) -> list[float]:
         raise RequestError(422, f"field '{name}' holds a number too large for float32") from None
 
 
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object whose keys are all different: `{"image": a, "image": b}` is refused, not read as b."""
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise RequestError(422, f"JSON key '{key[:80]}' is given twice: send one value per key")
+        seen[key] = value
+    return seen
+
+
 def from_json(body: bytes, kinds: dict[str, str]) -> dict:
     """{"inputs": {"image": "<base64>", "text": "...", "vec": [1, 2]}} -> fields (files decoded)."""
     try:
-        doc = json.loads(body)
+        doc = json.loads(body, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise RequestError(400, "JSON body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
