@@ -352,6 +352,32 @@ def test_a_json_key_given_twice_is_refused_not_last_wins(av_server):
     assert r.status_code == 422 and "'image' is given twice" in r.json()["error"]
 
 
+def test_a_model_file_swapped_after_the_bundle_was_verified_is_never_loaded(bundles, tmp_path):
+    """Hash-then-reload: the runner loads the very bytes it checked, so a file replaced after
+    load_bundle verified it is refused, and one replaced after the runner started changes nothing."""
+    import shutil
+
+    from edgekd.errors import BundleError
+    from edgekd.runtime.bundle import load_bundle
+    from edgekd.runtime.runner import make_runner
+
+    root = tmp_path / "b"
+    shutil.copytree(bundles["av"], root)
+    bundle = load_bundle(root)
+    model = bundle.model_path()
+    original = model.read_bytes()
+    runner = make_runner(bundle)
+    x = {name: np.ones((1, *shape), np.float32) for name, _, shape in AV_INPUTS}
+    before = runner.run(x)["logits"]
+    other = TinyModel(AV_INPUTS, seed=9).save(tmp_path / "other.onnx").read_bytes()
+    model.write_bytes(other)  # swapped while the server runs: the loaded session is the verified one
+    np.testing.assert_array_equal(runner.run(x)["logits"], before)
+    with pytest.raises(BundleError, match="changed since the bundle was opened"):
+        make_runner(bundle)  # swapped between the check and the load
+    model.write_bytes(original)
+    np.testing.assert_array_equal(make_runner(bundle).run(x)["logits"], before)
+
+
 def test_the_serve_token_is_stripped_and_a_blank_one_refused(monkeypatch):
     from edgekd.cli_device import serve_token
     from edgekd.errors import UsageError

@@ -15,6 +15,7 @@ re-hashes every file, so a file changed or swapped after export is refused, neve
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -214,6 +215,19 @@ class Bundle:
 
     def model_path(self, key: str | None = None) -> Path:
         return self.path / self.models[self.resolve_key(key)]["file"]
+
+    def verified_bytes(self, key: str | None = None) -> bytes | None:
+        """Model `key`'s file read once and checked against the manifest's sha256, for a runner to load
+        from these very bytes: hashing the file and letting the runtime read it again would serve a
+        file swapped in between. None for a model with external data (loaded from its path)."""
+        path = self.model_path(key)
+        rel = path.relative_to(self.path).as_posix()
+        if any(other != rel and other.startswith(rel) for other in self.manifest["files"]):
+            return None  # ONNX external data (`model.onnx.data`) resolves from the model's folder
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.manifest["files"][rel]["sha256"]:
+            raise BundleError(f"bundle file {rel} changed since the bundle was opened (sha256 differs); {FIX}")
+        return data
 
 
 def load_bundle(path) -> Bundle:

@@ -35,7 +35,7 @@ class OrtRunner:
     """An onnxruntime session over one model file, with explicit threads (1 by default: on shared
     small machines more intra-op threads than free cores was measured many times slower)."""
 
-    def __init__(self, path, threads: int = 1, providers: list[str] | None = None):
+    def __init__(self, path, threads: int = 1, providers: list[str] | None = None, model_bytes: bytes | None = None):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -52,7 +52,9 @@ class OrtRunner:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # warnings about unused initializers etc. are not the user's concern
         try:
-            self._session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
+            # from the bytes that were verified, where given: a file swapped after the check is never loaded
+            source = model_bytes if model_bytes is not None else str(self.path)
+            self._session = ort.InferenceSession(source, sess_options=opts, providers=providers)
         except Exception as e:  # ORT raises its own exception types per failure
             raise BundleError(f"onnxruntime cannot load {self.path.name} ({str(e).splitlines()[0][:200]}); "
                               "re-export with `edgekd export RUN_DIR`") from None
@@ -94,4 +96,4 @@ def make_runner(bundle, key: str | None = None, backend: str = "onnxruntime", th
     key = bundle.resolve_key(key)
     if bundle.models[key].get("backend") == "tensorrt":
         raise UsageError(f"model {key} is a TensorRT engine: run it with --backend tensorrt, or pick an ONNX model")
-    return OrtRunner(bundle.model_path(key), threads=threads)
+    return OrtRunner(bundle.model_path(key), threads=threads, model_bytes=bundle.verified_bytes(key))
