@@ -149,3 +149,31 @@ def test_transparent_pixels_are_white_in_rgb_mode(tmp_path):
     p = {"kind": "image", "size": 4, "channels": 3, "alpha": "white", "mean": [0.0] * 3, "std": [1.0] * 3}
     x = pp.image_from_file(tmp_path / "t.png", p)
     assert x[:, 0, 0].tolist() == [0.0, 0.0, 0.0] and np.allclose(x[:, 1:, :], 1.0)
+
+
+def _old_resize(img: np.ndarray, size: int) -> np.ndarray:  # the formula before it gathered corners directly
+    h, w = img.shape
+    ys, xs = np.linspace(0, h - 1, size), np.linspace(0, w - 1, size)
+    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
+    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
+    wy, wx = (ys - y0)[:, None], (xs - x0)[None, :]
+    top = img[y0][:, x0] * (1 - wx) + img[y0][:, x1] * wx
+    bot = img[y1][:, x0] * (1 - wx) + img[y1][:, x1] * wx
+    return top * (1 - wy) + bot * wy
+
+
+def test_resizing_a_very_wide_image_takes_memory_of_the_output_not_the_input_rows():
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    for shape in [(17, 23), (5, 300), (300, 5), (1, 1000)]:  # the same numbers as before, bit for bit
+        img = rng.integers(0, 256, shape).astype(np.float32)
+        np.testing.assert_array_equal(pp._resize_bilinear(img, 28), _old_resize(img, 28))
+    wide = np.zeros((1, 2**21), np.float32)  # 8 MB; copying 28 of its rows took 235 MB
+    tracemalloc.start()
+    try:
+        pp._resize_bilinear(wide, 28)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 2**20, f"{peak / 2**20:.0f} MB for a 28 x 28 output"

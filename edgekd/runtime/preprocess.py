@@ -183,8 +183,10 @@ def _resize_bilinear(img: np.ndarray, size: int) -> np.ndarray:
     y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
     y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
     wy, wx = (ys - y0)[:, None], (xs - x0)[None, :]
-    top = img[y0][:, x0] * (1 - wx) + img[y0][:, x1] * wx
-    bot = img[y1][:, x0] * (1 - wx) + img[y1][:, x1] * wx
+    # gather the size x size corners directly (np.ix_): `img[y0][:, x0]` would first copy whole rows,
+    # 2 GB for a 16,777,216 x 1 png that a 28-px model reads 784 pixels of
+    top = img[np.ix_(y0, x0)] * (1 - wx) + img[np.ix_(y0, x1)] * wx
+    bot = img[np.ix_(y1, x0)] * (1 - wx) + img[np.ix_(y1, x1)] * wx
     return top * (1 - wy) + bot * wy
 
 
