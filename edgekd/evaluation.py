@@ -55,7 +55,7 @@ def describe_dataset(target: str, data_root=None, overrides: list[str] | None = 
     store = getattr(data, "store", None)
     if store is not None:
         i = store.index
-        notes.append(f"data store {store.path}: {store.rows:,} rows in {-(-store.rows // store.shard_rows)} shards; "
+        notes.append(f"data store {store.path}: {store.rows:,} rows in {store.shards} shards; "
                      f"built by {i.get('workers', 1)} worker(s) in {i.get('scan_seconds', 0) + i.get('decode_seconds', 0):.1f} s")
     return {
         "name": data.name,

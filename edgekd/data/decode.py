@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +24,6 @@ WHAT = {"image": "image (png/jpg)", "audio": "audio file"}
 def features(kind: str, src, p: dict) -> np.ndarray:
     """A file's (path or binary file object) unnormalised model features."""
     return pp.image_file_pixels(src, p) if kind == "image" else pp.audio_features(src, p)
-
-
-def _first(e: BaseException) -> str:
-    """The decoder's reason, without the repr of the in-memory file it was handed."""
-    text = str(e).strip()
-    text = text.splitlines()[0] if text else type(e).__name__
-    return re.sub(r"\s*<[\w.]+ object at 0x[0-9a-f]+>", "", text)
 
 
 def save_array(path: Path, arr: np.ndarray) -> None:
@@ -99,7 +91,7 @@ def shard(job: dict) -> int:
             try:
                 out[k] = features(e["kind"], io.BytesIO(body), e["params"])
             except Exception as err:  # decoders raise many types (OSError, EOFError, ValueError, ...)
-                raise DataError(f"{where}: {what} not a readable {WHAT[e['kind']]} ({_first(err)}): replace or "
+                raise DataError(f"{where}: {what} not a readable {WHAT[e['kind']]} ({pp.decoder_reason(err)}): replace or "
                                 "remove it") from None
         save_array(d / f"{s:05d}.{m}.npy", out)
         save_array(d / f"{s:05d}.{m}.sha.npy", sha)

@@ -15,6 +15,7 @@ import json
 import math
 import zlib
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from edgekd.recipe_data import MACHINE_ONLY
 from edgekd.runtime import preprocess as pp
 
 FORMAT = 1  # part of the fingerprint: bump when the same files + options give different arrays
-DERIVED = 1  # bump when the statistics or tokenizer of the same data and settings would differ
+DERIVED = 2  # bump when the statistics or tokenizer of the same data and settings would differ
 STD_FLOOR = 1e-6  # constant inputs (silence, blank images, fixed features) must not divide by 0
 CHUNK = 1024  # rows per step when streaming over a split (statistics, tokenizer)
 
@@ -138,13 +139,11 @@ class FolderDataset:
         if derived.is_file():  # the statistics and tokenizers of these settings, computed by an earlier run
             got = json.loads(derived.read_text(encoding="utf-8"))
             self.preprocess = got["preprocess"]
-            self.modalities = {m: ModalitySpec(m, e["kind"], tuple(e["shape"]), e["dtype"], e["vocab_size"])
-                               for m, e in got["modalities"].items()}
+            self.modalities = {m: ModalitySpec(**{**e, "shape": tuple(e["shape"])}) for m, e in got["modalities"].items()}
         else:
             self._fit(store, cfg)
             _write_json(derived, {"preprocess": self.preprocess,
-                                  "modalities": {m: {"kind": e.kind, "shape": list(e.shape), "dtype": e.dtype,
-                                                     "vocab_size": e.vocab_size} for m, e in self.modalities.items()}})
+                                  "modalities": {m: asdict(e) for m, e in self.modalities.items()}})
         self._tokenizers = {m: _tokenizer(p["tokenizer_json"]) for m, p in self.preprocess.items() if p["kind"] == "text"}
 
     def _fit(self, store: Store, cfg: FolderData) -> None:

@@ -9,10 +9,11 @@ processes in parallel, a few batches ahead of the consumer.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import numpy as np
+
+from edgekd.data.store import workers_default
 
 PREFETCH = 2  # batches each worker prepares ahead
 
@@ -45,7 +46,7 @@ def loader_workers(inputs: dict, workers: int | None = None) -> int:
         return 0
     if workers is None:
         asked = [x.workers for x in inputs.values() if getattr(x, "workers", None)]
-        workers = max(asked) if asked else len(os.sched_getaffinity(0))
+        workers = max(asked) if asked else workers_default()
     return max(0, int(workers))
 
 

@@ -42,6 +42,11 @@ SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 DISK_MARGIN = 1.05  # the estimate plus 5%: .npy headers, the index, temp files of shards in flight
 
 
+def span(shard: int, rows: int, shard_rows: int) -> tuple[int, int]:
+    """The rows [start, stop) of shard `shard`."""
+    return shard * shard_rows, min(rows, (shard + 1) * shard_rows)
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("EDGEKD_CACHE") or Path.home() / ".cache" / "edgekd").expanduser() / "store"
 
@@ -62,8 +67,11 @@ class Store:
         self.labels = np.load(self.path / "label.npy", mmap_mode="r")
         self.split_codes = np.load(self.path / "split.npy", mmap_mode="r")
         self.lines = np.load(self.path / "line.npy", mmap_mode="r")
+        self.shards = -(-self.rows // self.shard_rows)
         self._blobs: dict[str, tuple] = {}
         self._shards: dict[str, list[np.ndarray]] = {}
+        self._rawkind: dict[str, np.ndarray] = {}
+        self._vectors: dict[str, np.ndarray] = {}
 
     # ---------------------------------------------------------------- columns
     def _blob(self, name: str) -> tuple:
@@ -88,16 +96,24 @@ class Store:
         """Each row's image/audio source for a processor: its path, or its bytes as a file object."""
         import io
 
-        how = np.load(self.path / f"rawkind.{m}.npy", mmap_mode="r")
+        how = self.rawkind(m)
         return [folder / ref.decode("utf-8") if how[i] == 0 else io.BytesIO(ref)
                 for i, ref in zip(np.asarray(rows, dtype=np.int64), self.strings(f"raw.{m}", rows))]
 
+    def rawkind(self, m: str) -> np.ndarray:
+        """Per row of modality `m`: 0, a path inside the folder; 1, bytes the metadata held."""
+        if m not in self._rawkind:
+            self._rawkind[m] = np.load(self.path / f"rawkind.{m}.npy")
+        return self._rawkind[m]
+
     def path_rows(self, m: str) -> np.ndarray:
         """The rows whose modality `m` is a file in the folder (not bytes held in the metadata)."""
-        return np.flatnonzero(np.load(self.path / f"rawkind.{m}.npy") == 0)
+        return np.flatnonzero(self.rawkind(m) == 0)
 
     def vectors(self, m: str) -> np.ndarray:
-        return np.load(self.path / f"vec.{m}.npy", mmap_mode="r")
+        if m not in self._vectors:
+            self._vectors[m] = np.load(self.path / f"vec.{m}.npy", mmap_mode="r")
+        return self._vectors[m]
 
     def feature_shape(self, m: str) -> tuple[int, ...]:
         return tuple(self.index["modalities"][m]["shape"])
@@ -105,8 +121,7 @@ class Store:
     def gather(self, m: str, rows) -> np.ndarray:
         """Decoded features (len(rows), *shape) of modality `m`, rows in the order given."""
         if m not in self._shards:
-            n = -(-self.rows // self.shard_rows)
-            self._shards[m] = [np.load(self.path / f"{s:05d}.{m}.npy", mmap_mode="r") for s in range(n)]
+            self._shards[m] = [np.load(self.path / f"{k:05d}.{m}.npy", mmap_mode="r") for k in range(self.shards)]
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), *self.feature_shape(m)), dtype=np.float32)
         shard, offset = np.divmod(rows, self.shard_rows)
@@ -115,14 +130,16 @@ class Store:
             out[mine] = self._shards[m][s][offset[mine]]
         return out
 
+    def _per_shard(self, m: str, what: str) -> np.ndarray:
+        return np.concatenate([np.load(self.path / f"{k:05d}.{m}.{what}.npy") for k in range(self.shards)])
+
     def digests(self, m: str) -> np.ndarray:
-        n = -(-self.rows // self.shard_rows)
-        return np.concatenate([np.load(self.path / f"{s:05d}.{m}.sha.npy") for s in range(n)])
+        """sha256 of each row's file (or bytes), as the decode worker read it."""
+        return self._per_shard(m, "sha")
 
     def stats(self, m: str) -> np.ndarray:
         """(size, mtime_ns) of each row's file when it was decoded (0, 0 for bytes)."""
-        n = -(-self.rows // self.shard_rows)
-        return np.concatenate([np.load(self.path / f"{s:05d}.{m}.stat.npy") for s in range(n)])
+        return self._per_shard(m, "stat")
 
     def file_modalities(self) -> list[str]:
         return [m for m, e in self.index["modalities"].items() if e["kind"] in ("image", "audio")]
@@ -146,7 +163,7 @@ def _lock(path: Path):
 
 def open_or_build(key: str, scan, plan: dict, folder: Path, workers: int, progress=None, label: str = "") -> Store:
     """The complete store `key`, built first where missing or resumed where a build was cut short.
-    `scan(partial_dir)` writes the per-row files and returns the modality plan's row count."""
+    `scan(partial_dir)` writes the per-row files, scan.json last."""
     root = cache_root()
     final, partial = root / key, root / f"{key}.partial"
     with _lock(root / f"{key}.lock"):
@@ -174,42 +191,37 @@ def _build(final: Path, partial: Path, scan, plan: dict, folder: Path, workers: 
     files = {m: e for m, e in plan["modalities"].items() if e["kind"] in ("image", "audio")}
     n_shards = -(-rows // shard_rows)
     todo = [s for s in range(n_shards) if not (partial / f"{s:05d}.done").is_file()]
-    _check_space(partial, files, sum(min(rows, (s + 1) * shard_rows) - s * shard_rows for s in todo))
+    spans = {s: span(s, rows, shard_rows) for s in todo}
+    _check_space(partial, files, sum(stop - start for start, stop in spans.values()))
     if todo and n_shards - len(todo):
         print(f"{label}resuming the data store: {n_shards - len(todo)}/{n_shards} shards already decoded",
               flush=True)
-    jobs = [{"dir": str(partial), "folder": str(folder), "shard": s, "start": s * shard_rows,
-             "stop": min(rows, (s + 1) * shard_rows), "modalities": files, "metadata": info["metadata"]}
-            for s in todo]
+    jobs = [{"dir": str(partial), "folder": str(folder), "shard": s, "start": start, "stop": stop,
+             "modalities": files, "metadata": info["metadata"]} for s, (start, stop) in spans.items()]
     t0 = time.perf_counter()
     _run_jobs(jobs, workers, progress, label)
     index = {**info, "format": FORMAT, "shard_rows": shard_rows, "modalities": plan["modalities"],
              "scan_seconds": scan_seconds, "decode_seconds": round(time.perf_counter() - t0, 2), "workers": workers}
-    _files_blob(partial, rows, shard_rows, files)
     with open(partial / "index.json.tmp", "w", encoding="utf-8") as f:
         json.dump(index, f, indent=1)
     os.replace(partial / "index.json.tmp", partial / "index.json")
+    _files_blob(Store(partial))  # readers look for the final folder only: the index may come first
     os.replace(partial, final)
     return Store(final)
 
 
-def _files_blob(d: Path, rows: int, shard_rows: int, files: dict) -> None:
+def _files_blob(store: Store) -> None:
     """files.bin: every distinct file's relative path and sha256 ("rel\\0digest", sorted by path), what
     the dataset fingerprint hashes, so a run reads one file instead of a digest per row."""
     found: dict[bytes, bytes] = {}
-    for m in files:
-        how = np.load(d / f"rawkind.{m}.npy")
-        size = (d / f"raw.{m}.bin").stat().st_size
-        data = np.memmap(d / f"raw.{m}.bin", dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
-        off = np.load(d / f"raw.{m}.off.npy")
-        sha = np.concatenate([np.load(d / f"{k:05d}.{m}.sha.npy") for k in range(-(-rows // shard_rows))])
-        for i in np.flatnonzero(how == 0).tolist():
-            found[bytes(data[off[i] : off[i + 1]])] = sha[i].tobytes()
-    save_blob = d / "files.bin.tmp"
-    with open(save_blob, "wb") as f:
+    for m in store.file_modalities():
+        rows, sha = store.path_rows(m), store.digests(m)
+        found.update({rel: sha[i].tobytes() for i, rel in zip(rows.tolist(), store.strings(f"raw.{m}", rows))})
+    tmp = store.path / "files.bin.tmp"
+    with open(tmp, "wb") as f:
         for rel in sorted(found):
             f.write(rel + b"\0" + found[rel])
-    os.replace(save_blob, d / "files.bin")
+    os.replace(tmp, store.path / "files.bin")
 
 
 def _check_space(partial: Path, files: dict, rows: int) -> None:
@@ -258,10 +270,10 @@ def _run_jobs(jobs: list[dict], workers: int, progress, label: str) -> None:
 def stale_shards(store: Store, folder: Path) -> list[int]:
     """Shards holding a file whose size or mtime differs from when it was hashed (or that is gone)."""
     stale: set[int] = set()
+    base = os.fsencode(folder) + b"/"
     for m in store.file_modalities():
         stat = store.stats(m)
         rows = store.path_rows(m)
-        base = os.fsencode(folder) + b"/"
         for i, rel in zip(rows.tolist(), store.strings(f"raw.{m}", rows)):
             try:
                 st = os.stat(base + rel)
@@ -277,12 +289,13 @@ def check(path: Path) -> list[str]:
     """What is wrong with a store's files (missing, another row count, shape or dtype), else []."""
     try:
         s = Store(path)
-        for name in ("label", "split", "line"):
-            if getattr(s, {"label": "labels", "split": "split_codes", "line": "lines"}[name]).shape[0] != s.rows:
+        for name, arr in (("label", s.labels), ("split", s.split_codes), ("line", s.lines)):
+            if arr.shape[0] != s.rows:
                 return [f"{name}.npy does not hold {s.rows} rows"]
         for m in s.file_modalities():
-            for k in range(-(-s.rows // s.shard_rows)):
-                want = (min(s.rows, (k + 1) * s.shard_rows) - k * s.shard_rows, *s.feature_shape(m))
+            for k in range(s.shards):
+                start, stop = span(k, s.rows, s.shard_rows)
+                want = (stop - start, *s.feature_shape(m))
                 arr = np.load(path / f"{k:05d}.{m}.npy", mmap_mode="r")
                 if arr.shape != want or arr.dtype != np.float32:
                     return [f"{k:05d}.{m}.npy holds {arr.shape} {arr.dtype}, expected {want} float32"]

@@ -74,10 +74,9 @@ def write_outputs(teacher, names: list[str], inputs: dict, folder: Path) -> list
     return sorted(files)
 
 
-def merge_ranks(folder: Path, parts: list[Path], keys: list[str], chunk: int = 4096) -> int:
+def merge_ranks(folder: Path, parts: list[Path], keys: list[str], chunk: int = 4096) -> None:
     """Rank shards (each rank's block of rows, in rank order) copied into whole files, a chunk at a
     time: no process holds every row."""
-    total = 0
     for k in keys:
         arrays = [np.load(p / f"{k}.npy", mmap_mode="r") for p in parts]
         total = sum(len(a) for a in arrays)
@@ -89,7 +88,6 @@ def merge_ranks(folder: Path, parts: list[Path], keys: list[str], chunk: int = 4
                 out.write(np.arange(start + i, start + i + len(block)), block)
             start += len(a)
         out.close()
-    return total
 
 
 class TeacherTargets:

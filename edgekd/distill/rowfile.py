@@ -33,12 +33,22 @@ class RowFile:
 
     def write(self, rows: np.ndarray, values: np.ndarray) -> None:
         values = np.ascontiguousarray(values, dtype=self.dtype)
+        rows = np.asarray(rows, dtype=np.int64)
         try:
-            for r, v in zip(np.asarray(rows, dtype=np.int64), values):
-                os.pwrite(self.fd, v.tobytes(), self.offset + int(r) * self.row_bytes)
+            if len(rows) and (np.diff(rows) == 1).all():  # a run of rows (a merge, a dataset-order pass): one write
+                self._put(values.tobytes(), int(rows[0]))
+                return
+            for r, v in zip(rows, values):
+                self._put(v.tobytes(), int(r))
         except OSError as e:
             self.abort()
             raise os_error(e, self.path) from None
+
+    def _put(self, data: bytes, row: int) -> None:
+        view, at = memoryview(data), self.offset + row * self.row_bytes
+        while view:  # pwrite may write less than asked (very large runs)
+            done = os.pwrite(self.fd, view, at)
+            view, at = view[done:], at + done
 
     def close(self) -> Path:
         os.close(self.fd)

@@ -113,6 +113,14 @@ def read_audio(path, max_seconds: float = 3600.0, seconds: float | None = None,
     return (data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]).astype(np.float32), int(rate)
 
 
+def decoder_reason(e: BaseException) -> str:
+    """A decoder's exception as one line for a user: its first line, without the repr of the
+    in-memory file it was handed (Pillow: "cannot identify image file <_io.BytesIO object at 0x...>")."""
+    text = str(e).strip()
+    text = text.splitlines()[0] if text else type(e).__name__
+    return re.sub(r"\s*<[\w.]+ object at 0x[0-9a-f]+>", "", text)
+
+
 def _first_line(e: BaseException) -> str:
     """libsndfile's reason, without the path it repeats ("Error opening '/x.wav': ...")."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

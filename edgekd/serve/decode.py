@@ -12,7 +12,6 @@ import base64
 import binascii
 import io
 import json
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,8 +120,7 @@ class Decoder:
         except RequestError:
             raise
         except Exception as e:  # noqa: BLE001 -- a stranger's bytes: any decoder failure (Pillow raises SyntaxError) is a 422
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__
-            why = re.sub(r"\s*<[\w.]+ object at 0x[0-9a-f]+>", "", why)  # Pillow names the in-memory file's repr
+            why = pp.decoder_reason(e)
             status = 413 if "too large" in why or "long (at most" in why else 422
             raise RequestError(status, f"field '{name}' is not a readable {WHAT[kind]} ({why[:200]})") from None
 

@@ -138,7 +138,7 @@ def _check_fit(model, view) -> None:
     rows = {0, 1 % len(split.labels)}
     for n in names:  # the row with the largest token id, where an embedding table may be too short
         if split.inputs[n].dtype.kind in "iu":
-            top = max((int(x.max()), -(i + int(x.max(axis=1).argmax()))) for i, x in chunks(split.inputs[n]))
+            top = max((int(r.max()), -(i + int(r.argmax()))) for i, x in chunks(split.inputs[n]) if len(r := x.max(axis=1)))
             rows.add(-top[1])  # the first such row, as argmax over the whole split would give
     batch = {n: torch.from_numpy(np.ascontiguousarray(split.inputs[n][sorted(rows)])) for n in model.names}
     try:
