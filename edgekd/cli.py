@@ -62,7 +62,7 @@ def _stage(stage: str, target, run_dir, data_root, sets, resume, force, quiet):
 def run(target: Target, until: Annotated[str, typer.Option("--until", help="Last stage to run (" + " -> ".join(stages.NAMES) + ").")] = stages.NAMES[-1],
         run_dir: RunDirOpt = None, data_root: DataRoot = None, set_: Sets = None, resume: Resume = False,
         force: Force = False, quiet: Quiet = False):
-    """Run the pipeline (teacher -> distill -> qat -> export -> build -> bench) for a recipe; finished stages are kept unless --force."""
+    """Run the pipeline (teacher -> search -> distill -> prune -> qat -> export -> build -> bench) for a recipe; finished stages are kept unless --force."""
     from edgekd.pipeline import check_until, run_pipeline, session
 
     check_until(until)  # before anything is created on disk

@@ -57,3 +57,7 @@ class FileWriteError(EdgekdError):
     """Writing an output failed at the OS level: no space, no permission, a read-only file system."""
 
     exit_code = 74  # EX_IOERR
+
+
+class GateError(EdgekdError):
+    """A measured result breaks a budget the recipe set (bench.baseline_floor); exit 1 like `edgekd gate`."""

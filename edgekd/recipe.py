@@ -14,6 +14,14 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from edgekd.errors import RecipeError
 from edgekd.recipe_data import AudioFeatures, AVDigitsData, DataConfig, FolderData  # noqa: F401  (re-exported)
+from edgekd.recipe_deploy import BenchConfig, BuildConfig, ExportConfig  # noqa: F401  (re-exported)
+from edgekd.recipe_search import (  # noqa: F401  (re-exported)
+    BUDGET_BACKENDS,
+    LatencyBudget,
+    SearchConfig,
+    StudentBudget,
+    _percentage,
+)
 from edgekd.schema import Strict, apply_overrides, read_yaml, suggest  # noqa: F401  (suggest: re-exported)
 
 # --------------------------------------------------------------------------- training
@@ -77,6 +85,9 @@ class TeacherConfig(Optim):
         "lr); `none`: a pretrained classifier used as is. Default: none for a classifier, else head when any "
         "encoder is pretrained.")
     encoder_lr_scale: float = Field(0.1, gt=0, le=1, description="train: all -- the pretrained encoders' lr / lr.")
+    baselines: bool = Field(True, description="Also fit scikit-learn linear baselines (TF-IDF / pixels / mel "
+                            "statistics + logistic regression, and their late fusion) and report them beside the "
+                            "teacher and the student.")
 
     @model_validator(mode="after")
     def _heads(self):
@@ -89,12 +100,18 @@ class TeacherConfig(Optim):
 
 
 class StudentConfig(Strict):
-    name: str = Field("fusion_small", description="Registered student model (see `edgekd models`).")
+    name: str = Field("fusion_small", description="Registered student model (see `edgekd models`), or auto: "
+                      "searched under student.budget (docs/search.md).")
     fusion: Literal["concat", "gated", "attention", "late"] = Field("gated", description="Fusion block.")
     width: int | None = Field(None, gt=0, description="Channel width (default: the model's preset).")
     depth: int | None = Field(None, ge=1, description="Blocks per encoder (default: the model's preset).")
     dim: int | None = Field(None, ge=4, description="Embedding width of every encoder and the fusion (default: the preset's).")
     text_kernel: Literal[3, 5] | None = Field(None, description="Text: also a convolution over neighbouring tokens.")
+    text_ngrams: Literal[1, 2] = Field(1, description="Text: 2 adds a hashed bag of token bigrams (fastText-style, "
+                                       "hashed in the graph from the token ids) to the token mean.")
+    text_buckets: int = Field(2048, ge=16, le=2**20, description="text_ngrams 2: hash buckets of the bigram table.")
+    budget: StudentBudget | None = Field(None, description="student.name: auto -- what the searched student must "
+                                         "fit (latency, params, size).")
     modalities: list[str] | None = Field(
         None, min_length=1,
         description="Modalities the student sees (default all; a subset is cross-modal distillation).",
@@ -102,6 +119,12 @@ class StudentConfig(Strict):
     text_tokenizer: Literal["own", "teacher"] = Field(
         "own", description="own: edgekd's small WordPiece vocabulary trained on the train texts; teacher: the "
         "pretrained teacher's tokenizer, its vocabulary pruned to the tokens seen in the train split.")
+
+    @model_validator(mode="after")
+    def _budget_for_auto(self):
+        if self.budget is not None and self.name != "auto":
+            raise ValueError("student.budget applies to student.name: auto (the search); drop it or set name: auto")
+        return self
 
 
 class DistillConfig(Optim):
@@ -123,38 +146,6 @@ class DistillConfig(Optim):
         if self.augment and self.cache:
             raise ValueError("augment: true needs cache: false (cached teacher outputs are for un-augmented inputs)")
         return self
-
-
-BUDGET_BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-trt")
-
-
-def _percentage(where: str, v: str) -> None:
-    num = v[:-1] if isinstance(v, str) and v.endswith("%") else None
-    if num is None or not num.replace(".", "", 1).isdigit() or not 0 < float(num) < 100:
-        raise ValueError(f"{where}: {v!r} is not a percentage between 0 and 100 (e.g. 50%)")
-
-
-class LatencyBudget(Strict):
-    """The most accurate pruned student whose measured latency meets this budget."""
-
-    latency_ms: float = Field(gt=0, description="Budget in milliseconds per call (the whole batch).")
-    backend: str = Field("onnxruntime-cpu", description="Where to measure: onnxruntime-cpu, onnxruntime-cuda or "
-                         "onnxruntime-trt (TensorRT through onnxruntime's TensorRT execution provider).")
-    batch: int = Field(1, ge=1, description="Batch size of the measured call.")
-    precision: Literal["int8", "fp32"] = Field("int8", description="Deploy precision of the measured model: int8 = "
-                                               "the CPU INT8 model on the CPU, the Q/DQ model on a GPU backend.")
-    metric: Literal["p50_ms", "p90_ms", "p99_ms", "mean_ms"] = Field(
-        "p50_ms", description="The latency statistic whose upper confidence bound must meet the budget.")
-
-    @field_validator("backend")
-    @classmethod
-    def _backend(cls, v: str) -> str:
-        if v == "tensorrt":
-            raise ValueError("a bundle engine cannot be built per candidate here; use onnxruntime-trt (the same "
-                             "TensorRT kernels through onnxruntime's TensorRT execution provider)")
-        if v not in BUDGET_BACKENDS:
-            raise ValueError(f"unknown backend {v!r}; choose one of {', '.join(BUDGET_BACKENDS)}{suggest(v, BUDGET_BACKENDS)}")
-        return v
 
 
 class PruneConfig(Optim):
@@ -227,62 +218,6 @@ class QatConfig(Optim):
         return self
 
 
-class ExportConfig(Strict):
-    """ONNX models, the parity ladder and the device bundle."""
-
-    teacher: bool = Field(True, description="Also export the teacher (FP32), so benchmarks compare on one backend.")
-    cpu_int8: bool = Field(True, description="Also build the INT8 model onnxruntime's CPU provider fuses.")
-    cpu_calib_batches: int = Field(8, ge=1, description="Real train batches of 64 calibrating the CPU INT8 model.")
-    cpu_calib_method: Literal["minmax", "entropy", "percentile"] = Field(
-        "minmax", description="onnxruntime calibration method for the CPU INT8 model.")
-    parity_batch: int = Field(32, ge=2, description="The larger batch of each parity rung (the other is 1).")
-    testset: bool = Field(
-        True, description="Ship the test split's model inputs in the bundle (testset.npz) so `edgekd bench` on a "
-        "device reports accuracy through the device's backend.")
-    testset_rows: int = Field(2000, ge=0, description="testset.npz's rows at most (a seeded sample; 0: all).")
-    fp32_tolerance: float = Field(1e-4, gt=0, description="Max abs logit diff, PyTorch FP32 vs onnxruntime FP32.")
-    qdq_tolerance: float = Field(
-        0.03, gt=0, description="Max abs logit diff, PyTorch fake-quant vs onnxruntime QDQ, as a fraction of the "
-        "batch's largest |logit| when that exceeds 1 (float rounding flips activations by one INT8 step here and "
-        "there, so not 0).")
-    qdq_min_agreement: float = Field(0.95, ge=0, le=1, description="Top-1 agreement required of the QDQ rung.")
-    cpu_int8_min_agreement: float = Field(
-        0.9, ge=0, le=1, description="Top-1 agreement of the CPU INT8 model with PyTorch FP32 over the test "
-        "split (its own calibration, so logits differ more than the QDQ model's).")
-
-
-class BuildConfig(Strict):
-    """TensorRT engine build for a deployment target (export/targets/<target>.yaml)."""
-
-    target: str = Field("x86-gpu", description="Deployment target: a name under export/targets/ or a YAML path.")
-    model: Literal["student_int8_qdq", "student_fp32", "teacher_fp32"] = Field(
-        "student_int8_qdq", description="Which exported ONNX model to build (INT8 QDQ by default).")
-    require_trt: bool = Field(False, description="Fail instead of skipping where TensorRT or a GPU is missing.")
-    build_twice: bool = Field(False, description="Build twice and report whether the engines are byte-identical.")
-
-
-class BenchConfig(Strict):
-    """Latency and accuracy of every exported model on every available backend (edgekd bench)."""
-
-    batches: list[int] = Field(default_factory=lambda: [1, 32], min_length=1, description="Batch sizes.")
-    threads: int = Field(1, ge=1, description="Intra-op threads of every backend (1: see README, threads).")
-    backends: list[Literal["onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-trt", "tensorrt", "torch-cpu",
-                           "torch-cuda"]] | None = Field(None, description="Backends (default: every one available here).")
-    min_seconds: float = Field(5.0, gt=0, description="Minimum measuring time per batch size.")
-    max_seconds: float = Field(30.0, gt=0, description="Stop here even if the p90/p99 bounds are not tight yet.")
-    block: int = Field(10, ge=1, description="Timed calls per model per interleaved round, after one untimed "
-                       "call that re-warms its caches (1: strict A B C rounds).")
-    default_budget: float = Field(0.01, ge=0, le=1, description="Accuracy (fraction) the bundle's default model "
-                                  "may give up against the best student for speed (see docs/bench.md).")
-
-    @field_validator("batches")
-    @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if any(b < 1 for b in v):
-            raise ValueError("batch sizes must be >= 1")
-        return v
-
-
 class Recipe(Strict):
     name: str = Field(description="Run name; the run directory defaults to runs/<name>.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for splits, pairings, init and batch order.")
@@ -291,6 +226,7 @@ class Recipe(Strict):
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
     distill: DistillConfig = DistillConfig()
+    search: SearchConfig = SearchConfig()
     prune: PruneConfig = PruneConfig()
     qat: QatConfig = QatConfig()
     export: ExportConfig = ExportConfig()

@@ -186,6 +186,52 @@ def _latency_section(run: RunDir, bench_path: Path | None, bench: dict | None, o
     return ["## Latency", "", f"From `{rel}`.", "", table, *figures, ""]
 
 
+def _shipped_accuracy(run: RunDir) -> tuple[str, float | None]:
+    """(what, test accuracy) of the student as it ships: the CPU INT8 ONNX model, else the newest student."""
+    export, qat, distill = (_metrics(run, s) or {} for s in ("export", "qat", "distill"))
+    for what, acc in (("the CPU INT8 student", (export.get("student_int8_cpu") or {}).get("accuracy")),
+                      ("the INT8 student", qat.get("accuracy")), ("the FP32 student", distill.get("accuracy"))):
+        if acc is not None:
+            return what, acc
+    return "the student", None
+
+
+def _baselines_section(run: RunDir) -> list[str]:
+    from edgekd.distill.baselines import beaten_by
+
+    base = (_metrics(run, "teacher") or {}).get("baselines")
+    if not base:
+        return []
+    what, acc = _shipped_accuracy(run)
+    lines = ["## Baselines", "", "Linear models fitted on the same train split (teacher stage, "
+             "teacher/baselines.json): what a student has to beat to be worth shipping.", "",
+             "| baseline | val | test |", "|---|---|---|"]
+    lines += [f"| {k} | {_pct(b['val_accuracy'])} | {_pct(b['accuracy'])} |" for k, b in base.items()]
+    if acc is not None:
+        lines += [f"| **{what}** | | **{_pct(acc)}** |"]
+    verdict = beaten_by(base, acc, what)
+    return lines + ["", f"**{verdict[0].upper() + verdict[1:]}.**" if verdict else
+                    f"{what[0].upper() + what[1:]} beats every baseline on test." if acc is not None else "", ""]
+
+
+def _search_section(run: RunDir) -> list[str]:
+    m = _metrics(run, "search")
+    table = run.path / "search" / "trials.md"
+    if not m or m.get("skipped") or not table.is_file():
+        return []
+    body = table.read_text(encoding="utf-8").split("\n", 1)[1].replace("](trials.png)", "](../search/trials.png)")
+    return ["## Student search (student: auto)", "", f"Chosen: **{m['student']}** (trial {m['trial']}), "
+            f"validation {_pct(m['val_accuracy'])}; the distill stage trained it on every train row.", body, ""]
+
+
+def _tensorboard_section(run: RunDir) -> list[str]:
+    if not (run.path / "tb").is_dir():
+        return []
+    stages = sorted(p.name for p in (run.path / "tb").iterdir() if p.is_dir())
+    return ["## Training curves", "", f"TensorBoard event files for {', '.join(stages)}: "
+            f"`tensorboard --logdir {run.path / 'tb'}`.", ""]
+
+
 def _sizes_section(run: RunDir) -> list[str]:
     lines = ["## Artifacts", "", "| stage | output | path | size |", "|---|---|---|---|"]
     for name, st in run.manifest["stages"].items():
@@ -211,7 +257,13 @@ def render_report(run_dir) -> Path:
     lines = [f"# edgekd report: {name}", "",
              f"Run directory `{run.path}`, created {run.manifest.get('created', '?')} by edgekd "
              f"{run.manifest.get('edgekd_version', '?')}.", ""]
-    lines += _recipe_section(run) + _stages_section(run) + _budget_section(run, bench) + _prune_section(run)
+    from edgekd.distill.baselines import beaten_by
+
+    verdict = beaten_by((_metrics(run, "teacher") or {}).get("baselines"), *reversed(_shipped_accuracy(run)))
+    if verdict:  # the answer first: a linear model would do better than what this run ships
+        lines += [f"> **{verdict[0].upper() + verdict[1:]}.** See Baselines.", ""]
+    lines += _recipe_section(run) + _stages_section(run) + _budget_section(run, bench) + _baselines_section(run)
+    lines += _search_section(run) + _prune_section(run) + _tensorboard_section(run)
     lines += _parity_section(run)
     lines += _latency_section(run, bench_path, bench, out_dir) + _sizes_section(run)
     out_dir.mkdir(parents=True, exist_ok=True)

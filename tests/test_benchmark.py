@@ -273,6 +273,24 @@ def test_gate_passes_unchanged_and_fails_a_slower_student(tmp_path):
     assert lines[0].startswith("FAIL") and "no regression" in lines[0] and "<= 1.1x" in lines[0] and "95% CI" in lines[0]
 
 
+FLOOR = """budgets:
+  - {name: beats a linear model, kind: baseline_floor, model: student_int8_cpu, backend: onnxruntime-cpu, batch: 1}
+"""
+
+
+def test_the_baseline_floor_fails_a_student_a_linear_model_beats(tmp_path):
+    rules = budgets(tmp_path, FLOOR)
+    bench = fake_bench(accuracy=0.92)
+    bench["baselines"] = {"text": {"val_accuracy": 0.90, "accuracy": 0.935}, "image": {"val_accuracy": 0.4, "accuracy": 0.45}}
+    code, lines = evaluate(bench, rules)
+    assert code == FAIL and "best baseline (text, linear) 93.5%" in lines[0] and "a linear model beats" in lines[0]
+    bench["baselines"]["text"]["accuracy"] = 0.91
+    assert evaluate(bench, rules)[0] == PASS
+    del bench["baselines"]  # a bundle exported without baselines: fails, naming the fix
+    code, lines = evaluate(bench, rules)
+    assert code == FAIL and "records no baselines" in lines[0]
+
+
 def drifting_bench(new_ms: float, old_ms: float = 1.0, seed: int = 0):
     """`edgekd bench NEW --baseline OLD` on a machine whose speed swings round to round."""
     clock, rng = FakeClock(), np.random.default_rng(seed)

@@ -252,9 +252,9 @@ def test_a_candidate_exports_as_it_would_deploy_on_each_backend(distilled, tmp_p
     import onnx
 
     from edgekd.data import load_dataset
+    from edgekd.exporting.deployed import deployed_onnx as export_candidate
     from edgekd.rundir import RunDir
     from edgekd.stages.common import distilled_student, example_batch, student_data
-    from edgekd.stages.prune_budget import export_candidate
 
     run = RunDir.open(distilled)
     model, _ = distilled_student(run)

@@ -128,8 +128,8 @@ def test_modality_names_are_checked_before_any_stage_runs():
 
 
 def test_distill_seed_reruns_distill_on_the_same_teacher_and_changes_the_students_start(toy):
+    from edgekd.distill.student_setup import build_student
     from edgekd.rundir import first_changed_stage
-    from edgekd.stages.distill import build_student
 
     base = load_recipe(ROOT / "recipes" / "tiny.yaml")
     same = load_recipe(ROOT / "recipes" / "tiny.yaml", ["distill.seed=0"])  # = the recipe seed

@@ -134,3 +134,36 @@ def test_a_diverging_loss_is_a_clear_error(toy, tmp_path):
     bad.inputs["image"][:] = float("nan")
     with pytest.raises(TrainingError, match="lower the learning rate"):
         train(Job(_student(toy), NAMES, Optim(epochs=1, batch_size=16), 0, tmp_path / "ck.pt", "s"), toy)
+
+
+def test_tensorboard_event_files_are_written_when_installed_and_skipped_cleanly_when_not(toy, tmp_path, monkeypatch,
+                                                                                        capsys):
+    from edgekd.distill import tensorboard
+
+    seen = []
+    job = Job(_student(toy), NAMES, Optim(epochs=2, batch_size=16), 0, tmp_path / "a.pt", "s",
+              tensorboard=tmp_path / "tb" / "a", after_epoch=lambda epoch, row: seen.append(epoch) or {"val_accuracy": 0.5})
+    history = train(job, toy)
+    assert seen == [1, 2] and all(h["val_accuracy"] == 0.5 for h in history)  # the epoch hook's figures join the row
+    if _has_tensorboard():
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(tmp_path / "tb" / "a"))
+        acc.Reload()
+        tags = acc.Tags()["scalars"]
+        assert {"loss/loss", "accuracy/train_accuracy", "accuracy/val_accuracy", "lr", "time/seconds"} <= set(tags)
+        assert [e.step for e in acc.Scalars("loss/loss")] == [1, 2]
+    # without the tensorboard package: training runs the same, writes no event files, says so once
+    monkeypatch.setitem(__import__("sys").modules, "torch.utils.tensorboard", None)
+    monkeypatch.setattr(tensorboard, "_SAID", [])
+    for k in range(2):
+        train(Job(_student(toy), NAMES, Optim(epochs=1, batch_size=16), 0, tmp_path / f"b{k}.pt", "s",
+                  tensorboard=tmp_path / "tb" / f"b{k}"), toy)
+    assert not (tmp_path / "tb" / "b0").exists()
+    assert capsys.readouterr().err.count("pip install 'edgekd[tensorboard]'") == 1
+
+
+def _has_tensorboard() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None

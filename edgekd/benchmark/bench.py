@@ -230,6 +230,8 @@ def run_bench(bundle, *, batches=None, threads: int = 1, backends=None, models=N
                         confidence=opts["confidence"])
     if bundle is not None:
         bench["defaults"] = pick_defaults(bench, bundle.models, default_budget)
+        if bundle.manifest.get("baselines"):  # the floor a `baseline_floor` budget holds students to
+            bench["baselines"] = bundle.manifest["baselines"]
     files = write_outputs(bench, out)
     files["inputs"] = used
     return bench, files

@@ -66,19 +66,19 @@ def empty_call_ms(backend: str, batch: int, threads: int) -> float:
     return percentile(res.latencies_ms, 50)
 
 
-def check_budget(budget, threads: int) -> float:
+def check_budget(budget, threads: int, where: str = "prune.constraint") -> float:
     """One-line errors before any work: the backend must run here and the budget must exceed the
     backend's empty-call time. Returns that time (ms)."""
     import onnxruntime as ort
 
     missing = [p for p in ORT_PROVIDERS[budget.backend][:1] if p not in ort.get_available_providers()]
     if missing:
-        raise UsageError(f"prune.constraint.backend {budget.backend} needs onnxruntime's {missing[0]}, which this "
-                         f"install lacks (available: {', '.join(ort.get_available_providers())}); run the prune "
+        raise UsageError(f"{where}.backend {budget.backend} needs onnxruntime's {missing[0]}, which this "
+                         f"install lacks (available: {', '.join(ort.get_available_providers())}); run the "
                          "stage on the device itself, or budget onnxruntime-cpu")
     floor = empty_call_ms(budget.backend, budget.batch, threads)
     if budget.latency_ms <= floor:
-        raise UsageError(f"prune.constraint.latency_ms {budget.latency_ms:g} ms is below {budget.backend}'s "
+        raise UsageError(f"{where}.latency_ms {budget.latency_ms:g} ms is below {budget.backend}'s "
                          f"empty-call time here ({floor:.4f} ms at batch {budget.batch}): no model can meet it; "
                          "raise the budget")
     return floor

@@ -59,12 +59,20 @@ class Regression(_Budget):
     max_slowdown: float = Field(ge=0, description="Allowed slowdown vs the baseline bench, 0.10 = 10%.")
 
 
+class BaselineFloor(_Budget):
+    """The student must be at least as accurate as the best linear baseline the run fitted (bundle
+    manifest `baselines`, test split): a student a linear model beats is not worth shipping."""
+
+    kind: Literal["baseline_floor"]
+    margin: float = Field(0.0, ge=0, le=1, description="Accuracy (fraction) the student must exceed it by.")
+
+
 class BudgetFile(Strict):
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence of every interval.")
     budgets: list[dict] = Field(min_length=1, description="The budgets; each is checked by its own kind.")
 
 
-KINDS = {"absolute": Absolute, "speedup": Speedup, "regression": Regression}
+KINDS = {"absolute": Absolute, "speedup": Speedup, "regression": Regression, "baseline_floor": BaselineFloor}
 
 
 def _problem(err: ValidationError, where: str, cls) -> str:
@@ -171,6 +179,8 @@ def _check(b: _Budget, bench: dict, baseline: dict | None, conf: float) -> tuple
         op, bound = ("<=", b.max) if b.max is not None else (">=", b.min)
         spread = f"[{_g(lo)}, {_g(hi)}] ({ci})" if b.metric in (*LATENCY, "mean_ms", "throughput") else "(no sampling noise)"
         return decide(lo, hi, max=b.max, min=b.min), f"{head}: {b.metric} = {_g(value)} {spread}; budget {op} {bound:g}"
+    if isinstance(b, BaselineFloor):
+        return baseline_floor(b, rec, bench.get("baselines"), head)
     p = QUANTILES[b.metric.removesuffix("_ms")]
     if isinstance(b, Speedup):
         other = _find(bench, b.baseline_model, b.baseline_backend or b.backend, b.batch)
@@ -196,6 +206,20 @@ def _check(b: _Budget, bench: dict, baseline: dict | None, conf: float) -> tuple
     return decide(lo, hi, max=1 + b.max_slowdown), (
         f"{head}: {b.metric} now / baseline ({where}) = {_g(value)}x [{_g(lo)}, {_g(hi)}] ({ci}, {how}); "
         f"budget <= {1 + b.max_slowdown:g}x (at most {100 * b.max_slowdown:g}% slower)")
+
+
+def baseline_floor(b: BaselineFloor, rec: dict, baselines: dict | None, head: str) -> tuple[str, str]:
+    if not baselines:
+        return ("SKIP" if b.optional else "FAIL"), (f"{head}: the bundle records no baselines (teacher.baselines: "
+                                                    "true, then re-export)")
+    if rec.get("accuracy") is None:
+        return ("SKIP" if b.optional else "FAIL"), f"{head}: the bench has no accuracy (a bundle with testset.npz)"
+    name, best = max(baselines.items(), key=lambda kv: kv[1]["accuracy"])
+    floor = best["accuracy"] + b.margin
+    verdict = "PASS" if rec["accuracy"] >= floor else "FAIL"
+    return verdict, (f"{head}: accuracy {100 * rec['accuracy']:.1f}% vs the best baseline ({name}, linear) "
+                     f"{100 * best['accuracy']:.1f}%" + (f" + {100 * b.margin:g} pt" if b.margin else "")
+                     + ("" if verdict == "PASS" else "; a linear model beats this student"))
 
 
 def evaluate(bench: dict, budgets, baseline: dict | None = None, confidence: float | None = None) -> tuple[int, list[str]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from edgekd.distill.augment import augment
 from edgekd.distill.cache import SelfTargets, TeacherTargets
 from edgekd.distill.lengths import GROUP_BATCHES, grouped, token_lengths
 from edgekd.distill.losses import Projectors, distill_loss
+from edgekd.distill.tensorboard import Board
 from edgekd.errors import CheckpointError, TrainingError
 from edgekd.files import atomic_path
 from edgekd.recipe import Optim
@@ -47,6 +49,10 @@ class Job:
     loss: dict = field(default_factory=lambda: {"alpha": 1.0, "temperature": 1.0, "beta": 0.0, "beta_modality": 0.0})
     # what the checkpoint must have been trained for (recipe, data, teacher); resume refuses others
     fingerprint: str = ""
+    # after each epoch's checkpoint: (epoch, its history row) -> more figures for the row (validation
+    # accuracy); it may raise to stop training (a search trial the pruner stops)
+    after_epoch: Callable[[int, dict], dict | None] | None = None
+    tensorboard: Path | None = None  # event files here (loss, accuracy, lr, epoch time) where tensorboard is installed
 
 
 def _schedule(step: int, total: int, warmup: int) -> float:
@@ -200,10 +206,19 @@ def _say(message: str) -> None:
 
 def _epochs(job, data, step, opt, sched, splits, start, history, steps_per_epoch, progress, device) -> list[dict]:
     o = job.optim
+    task = progress.add_task(job.label, total=o.epochs * steps_per_epoch, completed=start * steps_per_epoch) if progress else None
+    with Board(job.tensorboard if dist.is_main() else None) as board:
+        _run_epochs(job, data, step, opt, sched, splits, start, history, progress, device, task, board)
+    if progress:
+        progress.remove_task(task)
+    return history
+
+
+def _run_epochs(job, data, step, opt, sched, splits, start, history, progress, device, task, board) -> None:
+    o = job.optim
     world = dist.world_size() if dist.active() else 1
     rank = dist.rank() if world > 1 else 0
     batch = o.batch_size // world
-    task = progress.add_task(job.label, total=o.epochs * steps_per_epoch, completed=start * steps_per_epoch) if progress else None
     kinds = {n: s.kind for n, s in data.modalities.items()}
     lengths_of: dict[int, np.ndarray | None] = {}
     for epoch in range(start, o.epochs):
@@ -276,6 +291,6 @@ def _epochs(job, data, step, opt, sched, splits, start, history, steps_per_epoch
                  "projectors": job.projectors.state_dict() if job.projectors is not None else {}}
         with atomic_path(job.checkpoint) as tmp:  # rank 0 writes; the others' writes are discarded
             torch.save(state, tmp)
-    if progress:
-        progress.remove_task(task)
-    return history
+        if job.after_epoch is not None:
+            history[-1].update(job.after_epoch(epoch + 1, history[-1]) or {})
+        board.epoch(history[-1], sched.get_last_lr()[0])

@@ -1,7 +1,7 @@
 """Small fused students: one light encoder per modality, a fusion block, a linear head.
 
-Only export-friendly ops (Conv/BN/ReLU/Linear/Embedding/matmul/softmax): no EmbeddingBag, no
-data-dependent shapes, so the ONNX graph is static apart from the batch axis.
+Only export-friendly ops (Conv/BN/ReLU/Linear/Embedding/matmul/softmax, integer Mul/Add/Mod for
+hashed bigrams): no EmbeddingBag, no data-dependent shapes, so the ONNX graph is static apart from the batch axis.
 """
 from __future__ import annotations
 
@@ -73,23 +73,38 @@ class AudioEncoder(nn.Module):
         return self.out(self.features(x))  # (B, dim)
 
 
+HASH_PRIME = 1_000_003  # bigram (a, b) -> (a * P + b) mod buckets: ids stay far below 2**63 / P
+
+
 class TextEncoder(nn.Module):
     """Embedding + masked mean (EmbeddingBag exports as a slow ONNX Loop). With `kernel`, each
     token's embedding also gets a ReLU'd convolution over its neighbours (word pairs and triples:
-    "arrow" next to "left"), still averaged over the real tokens only."""
+    "arrow" next to "left"), still averaged over the real tokens only. With `ngrams` 2, every pair
+    of neighbouring tokens is hashed (in the graph, from the same token ids: Mul, Add, Mod, Gather)
+    into `buckets` rows of a second table, and the bag averages tokens and pairs together: the
+    fastText classifier, which is what a linear model over word bigrams is in a network."""
 
-    def __init__(self, vocab: int, dim: int, kernel: int | None = None):
+    def __init__(self, vocab: int, dim: int, kernel: int | None = None, ngrams: int = 1, buckets: int = 2048):
         super().__init__()
         self.emb = nn.Embedding(vocab, dim, padding_idx=0)
         self.out = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim))
         self.conv = nn.Conv1d(dim, dim, kernel, padding=kernel // 2) if kernel else None
+        self.pairs = nn.Embedding(buckets, dim) if ngrams == 2 else None
+        if self.pairs is not None:
+            nn.init.normal_(self.pairs.weight, std=dim**-0.5)
 
     def features(self, ids):  # (B, L) int64, 0 = padding
         mask = (ids != 0).float()[..., None]
         e = self.emb(ids) * mask  # padding rows are zero, like the convolution's own edge padding
         if self.conv is not None:
             e = e + torch.relu(self.conv(e.transpose(1, 2))).transpose(1, 2) * mask
-        return self.out[0](e.sum(1) / mask.sum(1).clamp(min=1.0))
+        total, count = e.sum(1), mask.sum(1)
+        if self.pairs is not None and ids.shape[1] > 1:
+            a, b = ids[:, :-1], ids[:, 1:]
+            both = ((a != 0) & (b != 0)).float()[..., None]
+            total = total + (self.pairs(torch.remainder(a * HASH_PRIME + b, self.pairs.num_embeddings)) * both).sum(1)
+            count = count + both.sum(1)
+        return self.out[0](total / count.clamp(min=1.0))
 
     @property
     def proj(self) -> nn.Linear:
@@ -189,7 +204,8 @@ FUSIONS = {"concat": ConcatFusion, "gated": GatedFusion, "attention": AttentionF
 
 class FusedStudent(nn.Module):
     def __init__(self, modalities: dict[str, ModalitySpec], num_classes: int, width: int, depth: int,
-                 dim: int, fusion: str = "gated", stem_stride: int = 1, text_kernel: int | None = None):
+                 dim: int, fusion: str = "gated", stem_stride: int = 1, text_kernel: int | None = None,
+                 text_ngrams: int = 1, text_buckets: int = 2048):
         super().__init__()
         self.names = list(modalities)
         enc = {}
@@ -199,7 +215,7 @@ class FusedStudent(nn.Module):
             elif s.kind == "audio":
                 enc[name] = AudioEncoder(s.shape[1], width, depth, dim, stem_stride)
             elif s.kind == "text":
-                enc[name] = TextEncoder(max(s.vocab_size, 8), dim, text_kernel)
+                enc[name] = TextEncoder(max(s.vocab_size, 8), dim, text_kernel, text_ngrams, text_buckets)
             else:
                 enc[name] = VectorEncoder(s.shape[0], dim)
         self.encoders = nn.ModuleDict(enc)
@@ -260,9 +276,10 @@ def inference_form(model: nn.Module) -> nn.Module:
 
 
 def _preset(default_width: int, default_depth: int, default_dim: int, stem_stride: int):
-    def factory(modalities, num_classes, fusion="gated", width=None, depth=None, dim=None, text_kernel=None):
+    def factory(modalities, num_classes, fusion="gated", width=None, depth=None, dim=None, text_kernel=None,
+                text_ngrams=1, text_buckets=2048):
         return FusedStudent(modalities, num_classes, width or default_width, depth or default_depth, dim or default_dim,
-                            fusion, stem_stride, text_kernel)
+                            fusion, stem_stride, text_kernel, text_ngrams, text_buckets)
 
     return factory
 

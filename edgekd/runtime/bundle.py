@@ -48,9 +48,11 @@ def model_filename(key: str, suffix: str = ".onnx") -> str:
 
 
 def write_bundle(dest: Path, *, name: str, models: dict[str, dict], model_files: dict[str, Path],
-                 io_spec: dict, preprocess: dict, labels: list[str], extra_files: dict[str, Path] | None = None) -> Path:
+                 io_spec: dict, preprocess: dict, labels: list[str], extra_files: dict[str, Path] | None = None,
+                 baselines: dict | None = None) -> Path:
     """Write a complete bundle at `dest`, replacing an existing bundle only once the new one is whole.
-    `extra_files` maps a relative path in the bundle to a source file (e.g. testset.npz)."""
+    `extra_files` maps a relative path in the bundle to a source file (e.g. testset.npz); `baselines`:
+    the run's linear baselines {name: {val_accuracy, accuracy}}, the floor `edgekd gate` can hold a student to."""
     dest = Path(dest)
     if set(models) != set(model_files) or not models:
         raise BundleError(f"bundle models {sorted(models)} and model files {sorted(model_files)} differ: "
@@ -99,7 +101,8 @@ def write_bundle(dest: Path, *, name: str, models: dict[str, dict], model_files:
         default = next((k for k in DEFAULT_ORDER if k in model_meta), next(iter(model_meta)))
         manifest = {"format": FORMAT, "version": VERSION, "name": name,
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "edgekd_version": __version__, "models": model_meta, "default_model": default, "files": files}
+                    "edgekd_version": __version__, "models": model_meta, "default_model": default, "files": files,
+                    **({"baselines": baselines} if baselines else {})}
         _write(tmp / MANIFEST, _dumps(manifest))  # last: a directory without it never loads
     return dest
 

@@ -6,7 +6,7 @@ command per stage), the pipeline, staleness and `edgekd doctor` all read this re
 function reads its inputs through the manifest, writes its files atomically and records only its
 own manifest entry.
 
-    teacher ─► distill ─► prune ─► qat ─► export ─► build ─► bench
+    teacher ─► search ─► distill ─► prune ─► qat ─► export ─► build ─► bench
     (order = the run order; a stage is stale when any stage before it, or its sections, changed)
 """
 from __future__ import annotations
@@ -36,8 +36,12 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("teacher", ("seed", "data", "teacher"), trains=True,
-          metrics=("accuracy", "val_accuracy", "params", "flops", "accuracy_without"),
+          metrics=("accuracy", "val_accuracy", "params", "flops", "accuracy_without", "baselines"),
           help="Fit the multimodal teacher (or adopt recipe.teacher.checkpoint) and evaluate it."),
+    Stage("search", ("student", "search"), trains=True,  # rank 0 searches, the others wait (docs/search.md)
+          metrics=("choice", "student", "val_accuracy", "params", "size_kb", "latency", "trials", "seconds"),
+          help="student.name: auto -- search students and their distillation settings with Optuna for the most "
+               "accurate on validation that meets student.budget (skipped for a named student)."),
     Stage("distill", ("student", "distill"), trains=True,
           metrics=("accuracy", "val_accuracy", "params", "flops", "baseline_accuracy", "baseline_val_accuracy",
                    "kd_gain", "accuracy_without"),

@@ -96,7 +96,31 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
     bench_run_dir(run, record=True, data_root=data_root, batches=b.batches, threads=b.threads,
                   backends=b.backends, min_seconds=b.min_seconds, max_seconds=b.max_seconds, block=b.block,
                   default_budget=b.default_budget)
-    return run.stage("bench")["metrics"]
+    metrics = run.stage("bench")["metrics"]
+    if b.baseline_floor:
+        _baseline_floor(run, metrics)
+    return metrics
+
+
+def _baseline_floor(run: RunDir, metrics: dict) -> None:
+    """bench.baseline_floor: the gate's baseline_floor budget on each shipped model at the smallest batch."""
+    import json
+
+    from edgekd.benchmark.gate import BaselineFloor, baseline_floor
+    from edgekd.errors import GateError
+
+    bench = json.loads((run.path / metrics["bench_json"]).read_text(encoding="utf-8"))
+    shipped = metrics.get("default_models") or {}
+    for backend, model in shipped.items():
+        recs = sorted((r for r in metrics["results"] if r["model"] == model and r["backend"] == backend),
+                      key=lambda r: r["batch"])
+        if not recs:
+            continue
+        b = BaselineFloor(kind="baseline_floor", name="baseline floor", model=model, backend=backend, batch=recs[0]["batch"])
+        verdict, line = baseline_floor(b, recs[0], bench.get("baselines"), f"{model} on {backend}")
+        metrics.setdefault("baseline_floor", {})[backend] = {"verdict": verdict, "line": line}
+        if verdict != "PASS":
+            raise GateError(f"bench.baseline_floor: {line}")
 
 
 def summary(m: dict) -> str:

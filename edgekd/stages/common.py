@@ -132,3 +132,54 @@ def student_data(run, data):
 
     config = json.loads(run.artifact("distill", "config").read_text(encoding="utf-8"))
     return TeacherView(data, config["processors"], suffix="") if config.get("processors") else data
+
+
+def tensorboard_dir(run, stage: str, label: str | None, resume: bool):
+    """runs/<name>/tb/<stage>[/<label>]: emptied when the stage starts afresh (a re-run's curves are
+    not mixed with the last run's), kept on --resume, which appends to them."""
+    import re
+    import shutil
+
+    folder = run.path / "tb" / stage / (re.sub(r"[^A-Za-z0-9_.-]+", "_", label) if label else "")
+    if not resume:
+        shutil.rmtree(folder, ignore_errors=True)
+    return folder
+
+
+def distill_inputs(run, recipe, data, names: list[str], teacher_processors: dict):
+    """(student data, teacher data, ViewSpec, student processors) for distilling with `recipe`'s
+    student and distill sections: distill.views augmented copies of the train split, each read
+    through both input paths (a frozen encoder's cached embeddings are for the rows as written, so
+    views 1.. feed it token ids). Seeded by distill_seed: the seed study (bench/kd_seeds.py) varies
+    the views too."""
+    from edgekd.data.teacher_inputs import TeacherView
+    from edgekd.data.views import ViewSpec, text_views, with_views
+    from edgekd.distill.student_setup import distill_seed, student_processors
+
+    processors = student_processors(recipe, data, names, teacher_processors)
+    d = recipe.distill
+    spec = ViewSpec(d.views, d.word_dropout, distill_seed(recipe))
+    views = text_views(data, names, spec)
+    sdata = with_views([TeacherView(v, processors, suffix="") if processors else v for v in views], spec)
+    tdata = with_views([teacher_data(run, v, embeddings=k == 0) for k, v in enumerate(views)], spec)
+    return sdata, tdata, spec, processors
+
+
+def with_point(recipe, point: dict):
+    """`recipe` with its student and distill sections set to a searched point (edgekd.search.space)."""
+    student = recipe.student.model_copy(update={"text_ngrams": 1, "text_kernel": None, **point["student"],
+                                                "budget": None})
+    return recipe.model_copy(update={"student": student, "distill": recipe.distill.model_copy(update=point["distill"])})
+
+
+def chosen_recipe(run):
+    """The run's recipe as the stages after the search read it: with `student: auto`, its student and
+    distill sections are the search's choice (recorded in the manifest), else the recipe as written."""
+    r = run.recipe
+    if r.student.name != "auto":
+        return r
+    entry = run.stage("search") if run.is_done("search") else None
+    if not entry or not (entry.get("metrics") or {}).get("choice"):
+        raise UsageError(f"student.name: auto needs the search stage's choice first: run `edgekd search {run.path}` "
+                         "(or `edgekd run`)")
+    return with_point(r, entry["metrics"]["choice"])

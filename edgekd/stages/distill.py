@@ -4,62 +4,29 @@ from __future__ import annotations
 
 import time
 
-import torch
-
 from edgekd.data import load_dataset
-from edgekd.data.processors import pruned_text_params
-from edgekd.data.teacher_inputs import TeacherView
-from edgekd.data.views import ViewSpec, text_views, with_views
 from edgekd.distill.cache import TeacherTargets
 from edgekd.distill.embedding_init import init_text_embeddings
 from edgekd.distill.evaluate import evaluate
 from edgekd.distill.losses import Projectors, loss_weights
+from edgekd.distill.student_setup import build_student, distill_seed, student_modalities
 from edgekd.distill.trainer import Job, train
-from edgekd.errors import RecipeError
 from edgekd.files import atomic_path, atomic_write_json, sha256_file
-from edgekd.models import count_flops, count_params, create_model
+from edgekd.models import count_flops, count_params
 from edgekd.plots import confusion_png
 from edgekd.recipe import recipe_hash
 from edgekd.rundir import RunDir
-from edgekd.schema import suggest
-from edgekd.stages.common import check_data, example_batch, load_model, pct, teacher_data, threads, val_accuracy
-
-
-def student_modalities(recipe, data) -> list[str]:
-    wanted = recipe.student.modalities or list(data.modalities)
-    for m in wanted:
-        if m not in data.modalities:
-            hint = suggest(m, data.modalities) or f" (the data has {list(data.modalities)})"
-            raise RecipeError(f"recipe.student.modalities: unknown modality '{m}'{hint}")
-    return list(dict.fromkeys(wanted))
-
-
-def student_processors(recipe, data, names: list[str], teacher: dict) -> dict:
-    """student.text_tokenizer: teacher -- each text modality through the teacher's own tokenizer
-    (`teacher`: the teacher's processor parameters), its vocabulary pruned to the train split's tokens."""
-    if recipe.student.text_tokenizer == "own":
-        return {}
-    texts = [m for m in names if data.modalities[m].kind == "text"]
-    missing = [m for m in texts if m not in teacher]
-    if not texts or missing:
-        raise RecipeError(f"recipe.student.text_tokenizer: teacher needs a pretrained teacher text encoder with its "
-                          f"own tokenizer for {', '.join(missing) or 'a text modality'}: set teacher.encoders."
-                          f"{(missing or ['TEXT'])[0]}.pretrained, or use text_tokenizer: own")
-    train = data.split_rows("train")
-    return {m: pruned_text_params(teacher[m], data.texts(m, train)) for m in texts}
-
-
-def distill_seed(recipe) -> int:
-    return recipe.seed if recipe.distill.seed is None else recipe.distill.seed
-
-
-def build_student(recipe, data, names):
-    s = recipe.student
-    options = {"fusion": s.fusion, "width": s.width, "depth": s.depth,
-               **{k: v for k, v in (("dim", s.dim), ("text_kernel", s.text_kernel)) if v}}
-    specs = {n: data.modalities[n] for n in names}
-    torch.manual_seed(distill_seed(recipe))  # the KD student and the baseline start from the same weights
-    return create_model(s.name, "student", modalities=specs, num_classes=len(data.classes), **options), options, specs
+from edgekd.stages.common import (
+    check_data,
+    chosen_recipe,
+    distill_inputs,
+    example_batch,
+    load_model,
+    pct,
+    tensorboard_dir,
+    threads,
+    val_accuracy,
+)
 
 
 def _fit_student(run, recipe, data, names, label, targets, resume, progress, kd: bool, fingerprint: str,
@@ -71,7 +38,7 @@ def _fit_student(run, recipe, data, names, label, targets, resume, progress, kd:
     own = getattr(data, "params", None)  # the teacher's tokens: start from its own (PCA-projected) embeddings
     text_init = init_text_embeddings(student, targets.teacher, own, teacher_processors or {}) if kd and own else {}
     job = Job(student, names, d, distill_seed(recipe), run.stage_dir("distill") / label / "checkpoint.pt", label,
-              fingerprint=fingerprint)
+              fingerprint=fingerprint, tensorboard=tensorboard_dir(run, "distill", label, resume))
     if kd:
         job.targets = targets
         job.projectors = Projectors.between(student, names, targets)
@@ -90,7 +57,7 @@ def _fit_student(run, recipe, data, names, label, targets, resume, progress, kd:
 
 
 def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dict:
-    r = run.recipe
+    r = chosen_recipe(run)
     with threads(r.threads):
         teacher_w, teacher_c = run.artifact("teacher", "weights"), run.artifact("teacher", "config")
         teacher, teacher_config = load_model(run, "teacher")
@@ -99,16 +66,8 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         check_data(run, "teacher", data)
         teacher_names = list(teacher.names)
         names = student_modalities(r, data)
-        processors = student_processors(r, data, names, teacher_processors)
         d = r.distill
-        # distill.views: augmented copies of the train split, each read through both input paths; a
-        # frozen encoder's cached embeddings are for the rows as written, so views 1.. feed it token ids.
-        # Seeded by distill_seed: the seed study (bench/kd_seeds.py) varies the views too.
-        spec = ViewSpec(d.views, d.word_dropout, distill_seed(r))
-        views = text_views(data, names, spec)
-        sdata = with_views([TeacherView(v, processors, suffix="") if processors else v for v in views],
-                           spec)  # the student's own inputs
-        tdata = with_views([teacher_data(run, v, embeddings=k == 0) for k, v in enumerate(views)], spec)
+        sdata, tdata, spec, processors = distill_inputs(run, r, data, names, teacher_processors)
         started = run.begin("distill")
         teacher_sha = sha256_file(teacher_w)
         fingerprint = f"{recipe_hash(r)}:{data.fingerprint()}:{teacher_sha}"

@@ -168,7 +168,8 @@ def bundle(run: RunDir, data, tests: dict, files, metrics, config, embed_dim: in
                                 **{f"input.{m}": np.asarray(x[rows]) for m, (x, _) in inputs.items()})
         extra["testset.npz"] = out
     extra["drift.json"] = drift_reference(run, files, tests["student"])
-    return write_bundle(run.path / "bundle", name=run.recipe.name, models=models, model_files=files,
+    baselines = (run.stage("teacher") or {}).get("metrics", {}).get("baselines")
+    return write_bundle(run.path / "bundle", name=run.recipe.name, models=models, model_files=files, baselines=baselines,
                         io_spec=io_spec(config["modalities"], len(data.classes), embed_dim),
                         preprocess={m: p for m, (_, p) in inputs.items()},
                         labels=list(data.classes), extra_files=extra)

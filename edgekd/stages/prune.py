@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from edgekd.errors import RecipeError, UsageError
 from edgekd.files import atomic_write_text
-from edgekd.stages.common import pct
+from edgekd.stages.common import chosen_recipe, pct, tensorboard_dir
 
 if TYPE_CHECKING:
     from edgekd.rundir import RunDir
@@ -55,7 +55,7 @@ def _search_checkpoint(out, key: str, resume: bool):
 
 
 def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dict:
-    r, p = run.recipe, run.recipe.prune
+    r, p = chosen_recipe(run), run.recipe.prune
     if not p.enabled:  # done, with nothing to do: later stages keep the distilled student (and stay up to date)
         started = run.begin("prune")
         m = {"skipped": "prune.enabled is false"}
@@ -144,7 +144,7 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         def recover(model, epochs: int, checkpoint, label: str, what: str) -> list[dict]:
             # --resume continues a checkpoint only for the same student, divisor, data and architecture
             job = Job(model, names, p.model_copy(update={"epochs": epochs}), r.seed, checkpoint, label,
-                      fingerprint=f"{label}:{key}:{what}")
+                      fingerprint=f"{label}:{key}:{what}", tensorboard=tensorboard_dir(run, "prune", what, resume))
             job.targets, job.loss = targets, loss_weights(r.distill)
             job.projectors = Projectors.between(model, names, targets)
             history = train(job, sdata, resume, progress)

@@ -3,14 +3,13 @@ briefly, exported as it would deploy, and measured together on the budget's back
 and choosing itself is edgekd.benchmark.budget, torch-free)."""
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from edgekd.benchmark.runners import device_of
 from edgekd.errors import UsageError
+from edgekd.exporting.deployed import deployed_onnx
 
 
 @dataclass
@@ -45,35 +44,6 @@ def divisor(prune, backend: str | None, build_target: str) -> tuple[int, str]:
     from edgekd.trt.targets import load_target
 
     return load_target(build_target).channel_divisor, f"target {build_target}"
-
-
-def export_candidate(model, names: list[str], example: dict, budget, calib: list[dict], qat, cpu_calib_method: str,
-                     out: Path) -> Path:
-    """The candidate as it would deploy: the CPU INT8 model (onnxruntime's static quantization of the
-    float export) on the CPU, ModelOpt's Q/DQ model on a GPU backend, or the float export."""
-    import copy
-
-    from edgekd.exporting.onnx_export import export_onnx
-    from edgekd.models.student import inference_form
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if budget.precision == "fp32":
-        return export_onnx(inference_form(model), example, out)
-    if device_of(budget.backend) == "cpu":
-        from edgekd.exporting.cpu_int8 import quantize_for_cpu
-
-        with tempfile.TemporaryDirectory() as tmp:
-            fp32 = export_onnx(inference_form(model), example, Path(tmp) / "fp32.onnx")
-            return quantize_for_cpu(fp32, out, [{n: b[n] for n in names} for b in calib], cpu_calib_method)
-    import torch
-
-    from edgekd.quant.fold import fold_batchnorm
-    from edgekd.quant.int8 import quantize
-
-    q = copy.deepcopy(model).eval()
-    fold_batchnorm(q)
-    q = quantize(q, qat, [{n: torch.from_numpy(b[n]) for n in names} for b in calib])
-    return export_onnx(q, example, out, quantized=True)
 
 
 def candidates(run, out, s: Search, before: dict, budget, floor: float):
@@ -115,7 +85,7 @@ def candidates(run, out, s: Search, before: dict, budget, floor: float):
         cands.append(lat.Candidate(ratio, after["flops"], after["params"], after["val_accuracy"], state=pruned))
         models[ratio], test_acc[ratio] = pruned.model, after["accuracy"]
     for c in cands:
-        c.onnx = export_candidate(models[c.name], s.names, s.example, budget, s.calib, r.qat, r.export.cpu_calib_method,
+        c.onnx = deployed_onnx(models[c.name], s.names, s.example, budget, s.calib, r.qat, r.export.cpu_calib_method,
                                   cdir / f"{c.name[:-1]}.onnx")
     b = r.bench
     lat.measure(cands, budget, batch_of(s.test.inputs, s.names, budget.batch), b.threads,

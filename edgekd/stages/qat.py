@@ -11,6 +11,7 @@ import time
 
 from edgekd import distributed as dist
 from edgekd.data import load_dataset
+from edgekd.distill.baselines import beaten_by, budget_rows
 from edgekd.distill.cache import SelfTargets, TeacherTargets
 from edgekd.distill.evaluate import evaluate
 from edgekd.distill.losses import loss_weights
@@ -31,11 +32,13 @@ from edgekd.recipe import recipe_hash
 from edgekd.rundir import RunDir
 from edgekd.stages.common import (
     check_data,
+    chosen_recipe,
     load_model,
     pct,
     pruned,
     student_data,
     teacher_data,
+    tensorboard_dir,
     threads,
     val_accuracy,
 )
@@ -64,22 +67,28 @@ def _label(method: str, teacher: str | None) -> str:
     return "student INT8 QAD (" + ("FP32 student as teacher)" if teacher == "student" else "cached teacher outputs)")
 
 
-def _budget(rows: list[tuple[str, float | None]], base: int = 1) -> tuple[list[dict], str]:
+def _budget(rows: list[tuple[str, float | None]], base: int = 1) -> list[dict]:
     """Rows teacher, the FP32 student(s) (distilled, then pruned when the prune stage ran), then the
     INT8 students; deltas: each FP32 row against the row before it, every INT8 student against
     rows[base], the FP32 student it was quantized from."""
-    table, lines = [], ["| stage | accuracy | delta | against |", "|---|---|---|---|"]
+    table = []
     for i, (label, acc) in enumerate(rows):
         ref = None if i == 0 else rows[i - 1] if i <= base else rows[base]
         delta = None if ref is None else round(acc - ref[1], 4)
         table.append({"stage": label, "accuracy": acc, "delta": delta, "against": ref[0] if ref else None})
-        lines.append(f"| {label} | {100 * acc:.1f}% | {'' if delta is None else f'{100 * delta:+.1f} pt'} | "
-                     f"{ref[0] if ref else ''} |")
-    return table, "\n".join(lines) + "\n"
+    return table
+
+
+def _markdown(table: list[dict]) -> str:
+    lines = ["| stage | accuracy | delta | against |", "|---|---|---|---|"]
+    for row in table:
+        delta = "" if row["delta"] is None else f"{100 * row['delta']:+.1f} pt"
+        lines.append(f"| {row['stage']} | {100 * row['accuracy']:.1f}% | {delta} | {row['against'] or ''} |")
+    return "\n".join(lines) + "\n"
 
 
 def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dict:
-    r, q = run.recipe, run.recipe.qat
+    r, q = chosen_recipe(run), run.recipe.qat
     with threads(r.threads):
         student_w, student_c = run.artifact("distill", "weights"), run.artifact("distill", "config")
         data = load_dataset(r, data_root)
@@ -111,7 +120,8 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
             model, _ = load_model(run, "student")
             fold_batchnorm(model)
             model = restore_quantized(model, ptq_path)
-            job = Job(model, names, q, r.seed, out_dir / key / "checkpoint.pt", key, fingerprint=fingerprint)
+            job = Job(model, names, q, r.seed, out_dir / key / "checkpoint.pt", key, fingerprint=fingerprint,
+                      tensorboard=tensorboard_dir(run, "qat", key, resume))
             if method == "qad" and teacher == "student":
                 reference, _ = load_model(run, "student")
                 job.targets = SelfTargets(reference)
@@ -140,7 +150,13 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
                   fp32_result["accuracy"]),
                  (f"student INT8 PTQ ({q.algorithm}, {q.calib_batches} batches)", ptq_result["accuracy"])]
         rows += [(_label(*variants[k]), results[k]["accuracy"]) for k in sorted(variants, key=lambda k: k == main)]
-        budget, budget_md = _budget(rows, base=2 if p else 1)  # the FP32 student the INT8 ones come from
+        baselines = (run.stage("teacher") or {}).get("metrics", {}).get("baselines")
+        # what a linear model reaches first, then the FP32 student the INT8 ones come from
+        budget = budget_rows(baselines) + _budget(rows, base=2 if p else 1)
+        budget_md = _markdown(budget)
+        verdict = beaten_by(baselines, results[main]["accuracy"], "the INT8 student")
+        if verdict:
+            budget_md += f"\n**Note: {verdict}.**\n"
         outputs["budget"] = atomic_write_json(out_dir / "budget.json", budget)
         outputs["budget_md"] = atomic_write_text(out_dir / "budget.md", "# Accuracy budget (test split)\n\n" + budget_md)
         outputs["eval"] = atomic_write_json(out_dir / "eval.json", {
@@ -166,6 +182,7 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
             "calib_seconds": calib_seconds,
             "epoch_seconds": round(sum(h["seconds"] for h in histories[main]) / max(1, len(histories[main])), 3),
             "budget": budget,
+            **({"beaten_by_baseline": verdict} if verdict else {}),
         }
         run.record("qat", started=started, outputs=outputs, metrics=metrics,
                    inputs={"student_weights": student_w, "student_config": student_c},
@@ -213,4 +230,6 @@ def summary(m: dict) -> str:
     for row in m.get("budget", []):
         delta = "" if row["delta"] is None else f"  {100 * row['delta']:+.1f} pt vs {row['against']}"
         lines.append(f"    {row['stage']:<46} {pct(row['accuracy']):>6}{delta}")
+    if m.get("beaten_by_baseline"):
+        lines.append(f"  note: {m['beaten_by_baseline']}")
     return "\n".join(lines)

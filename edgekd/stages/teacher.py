@@ -30,7 +30,7 @@ from edgekd.plots import confusion_png
 from edgekd.recipe import recipe_hash
 from edgekd.rundir import RunDir
 from edgekd.schema import suggest
-from edgekd.stages.common import example_batch, pct, threads, val_accuracy
+from edgekd.stages.common import example_batch, pct, tensorboard_dir, threads, val_accuracy
 
 
 @dataclass
@@ -266,7 +266,8 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
             else:
                 model.encoder_lr_scale = t.encoder_lr_scale
             job = Job(model, names, t, r.seed, out_dir / "checkpoint.pt", "teacher",
-                      fingerprint=f"{recipe_hash(r)}:{view.fingerprint()}")
+                      fingerprint=f"{recipe_hash(r)}:{view.fingerprint()}",
+                      tensorboard=tensorboard_dir(run, "teacher", None, resume))
             history = [] if mode == "none" else train(job, fast, resume, progress)
             files = save_model(model, out_dir, role="teacher", name=how.name, options=options,
                                modalities=view.modalities, classes=data.classes,
@@ -283,6 +284,13 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
         }
         report = atomic_write_json(out_dir / "eval.json", {**result, "history": history})
         outputs = {**files, "eval": report}
+        if r.teacher.baselines:  # what a student has to beat to be worth shipping
+            from edgekd.distill.baselines import fit_baselines
+
+            found = fit_baselines(data, list(data.modalities), seed=r.seed)
+            outputs["baselines"] = atomic_write_json(out_dir / "baselines.json", found)
+            metrics["baselines"] = {b["name"]: {"val_accuracy": b["val_accuracy"], "accuracy": b["accuracy"]}
+                                    for b in found["models"]}
         png = confusion_png(result["confusion"], data.classes, f"teacher, test accuracy {result['accuracy']:.3f}",
                             out_dir / "confusion.png")
         if png is not None:  # None where matplotlib is not installed
@@ -296,4 +304,6 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
 def summary(m: dict) -> str:
     alone = ", ".join(f"without {k} {pct(v)}" for k, v in m.get("accuracy_without", {}).items())
     val = f", val {pct(m['val_accuracy'])}" if m.get("val_accuracy") is not None else ""
-    return f"teacher: accuracy {pct(m['accuracy'])} ({alone}{val}); {m['params']:,} params"
+    base = "".join(f"\n  baseline {k}: {pct(b['accuracy'])} (val {pct(b['val_accuracy'])})"
+                   for k, b in (m.get("baselines") or {}).items())
+    return f"teacher: accuracy {pct(m['accuracy'])} ({alone}{val}); {m['params']:,} params{base}"
