@@ -193,11 +193,21 @@ def bench(source: Annotated[Path, typer.Argument(metavar="RUN_DIR_OR_BUNDLE", he
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]):
-    """Write runs/<name>/report/report.md: recipe, accuracy budget, parity ladder, latency table and plots, sizes."""
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+           budget: Annotated[Optional[Path], typer.Option("--budget", help="A gate budget file: its verdict on the "
+                                                          "newest bench goes into the summary.")] = None,
+           open_: Annotated[bool, typer.Option("--open", help="Open report.html in a browser where one exists.")] = False):
+    """Write runs/<name>/report/report.md and report.html: the answer first (what ships, accuracy, speed-up,
+    size, INT8, gate), then the accuracy budget, baselines, latency, search, pruning, curves, parity, recipe."""
     from edgekd.report import render_report
 
-    typer.echo(f"report: {render_report(run_dir)}")
+    path = render_report(run_dir, budget)
+    typer.echo(f"report: {path} and {path.with_suffix('.html')}")
+    if open_:
+        import webbrowser
+
+        if not webbrowser.open(path.with_suffix(".html").resolve().as_uri()):
+            typer.echo("no browser found here: open report.html by hand (it is one self-contained file)")
 
 
 @app.command()

@@ -84,3 +84,45 @@ def budget_png(rows: list[dict], front: list[str], budget_ms: float, metric: str
     out = save(fig, Path(path))
     plt.close(fig)
     return out
+
+
+def text_overlaps(fig) -> list[tuple[str, str]]:
+    """Pairs of visible, non-empty texts of `fig` (titles, axis and tick labels, legends, annotations)
+    whose drawn bounding boxes intersect: a figure meant to be read has none."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = []
+    for t in fig.findobj(Text):
+        if t.get_visible() and t.get_text().strip() and t.figure is fig:
+            bb = t.get_window_extent(renderer)
+            if bb.width > 0 and bb.height > 0:
+                boxes.append((t.get_text(), bb))
+    return [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:]
+            if ba.overlaps(bb) and ba.intersection(ba, bb).width > 0.5 and ba.intersection(ba, bb).height > 0.5]
+
+
+def training_png(curves: dict[str, list[dict]], path: Path) -> Path | None:
+    """Loss (left) and accuracy (right: train solid, validation dashed where recorded) per epoch for each
+    training run {label: history rows}; the legend sits outside the panels, so no label covers a curve."""
+    plt = pyplot()
+    curves = {k: v for k, v in curves.items() if v}
+    if plt is None or not curves:
+        return None
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    for i, (label, rows) in enumerate(curves.items()):
+        color = plt.cm.tab10(i % 10)
+        epochs = [r["epoch"] for r in rows]
+        loss_ax.plot(epochs, [r["loss"] for r in rows], color=color, label=label)
+        acc_ax.plot(epochs, [100 * r["train_accuracy"] for r in rows], color=color)
+        val = [(r["epoch"], 100 * r["val_accuracy"]) for r in rows if r.get("val_accuracy") is not None]
+        if val:
+            acc_ax.plot(*zip(*val), color=color, linestyle="--")
+    loss_ax.set(xlabel="epoch", ylabel="training loss", yscale="log", title="loss")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="train (solid), validation (dashed)")
+    fig.legend(*loss_ax.get_legend_handles_labels(), fontsize=7, loc="center left", bbox_to_anchor=(0.86, 0.5))
+    fig.tight_layout(rect=(0, 0, 0.85, 1))
+    out = save(fig, Path(path))
+    plt.close(fig)
+    return out

@@ -78,7 +78,8 @@ class SearchConfig(Strict):
     """The student search (student.name: auto, or `edgekd search`): Optuna's TPE sampler with the
     budget as a constraint and a Hyperband pruner on per-epoch validation accuracy."""
 
-    trials: int = Field(40, ge=1, description="Trials at most (a pruned or over-budget trial counts).")
+    trials: int = Field(40, ge=1, description="Trained trials at most (one the pruner stops counts; a student "
+                        "over the budget is refused before training and does not, up to 20 x trials samples).")
     minutes: float = Field(15.0, gt=0, description="Wall-clock bound: no trial starts after it.")
     max_epochs: int = Field(40, ge=2, description="Distillation epochs of a trial at most (Hyperband's top rung); "
                             "the winner then trains for its own sampled epochs on every train row.")

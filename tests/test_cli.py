@@ -77,7 +77,7 @@ def test_qat_stage_records_accuracies_budget_and_a_restorable_model(tiny_run):
     assert 0 < m["val_accuracy"] <= 1 and 0 < m["fp32_val_accuracy"] <= 1  # the validation split beside test
     assert m["accuracy"] == m["qad_accuracy"] and m["fp32_accuracy"] == json.loads(
         (tiny_run / "manifest.json").read_text())["stages"]["distill"]["metrics"]["accuracy"]
-    assert [r["stage"].split(" ")[0] for r in m["budget"]] == ["teacher"] + ["student"] * 5
+    assert [r["stage"].split(" ")[0] for r in m["budget"]] == ["baseline:"] * 3 + ["teacher"] + ["student"] * 5
     budget_md = (tiny_run / "qat" / "budget.md").read_text()
     assert "| student INT8 QAD (cached teacher outputs) |" in budget_md and "FP32 student as teacher" in budget_md
     assert {"model", "ptq", "config", "budget", "eval"} <= set(st["outputs"])

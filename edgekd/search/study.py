@@ -6,7 +6,8 @@
 - Storage: SQLite in the run directory (search/study.db), one row per trial as it ends, so
   `--resume` continues the study. A trial a kill left RUNNING is failed and asked again: a kill loses
   at most the trial it interrupted.
-- Bounds: `search.trials` trials (pruned and over-budget ones count) and `search.minutes` of wall
+- Bounds: `search.trials` trained trials (to the end or stopped by the pruner; an over-budget student
+  costs a second and does not count, up to ATTEMPTS x trials samples) and `search.minutes` of wall
   time (no trial starts after it; a resumed study counts the time its trials already took).
 """
 from __future__ import annotations
@@ -44,15 +45,32 @@ def open_study(folder: Path, seed: int, max_epochs: int, resume: bool, first: di
     return study
 
 
+ATTEMPTS = 20  # over-budget samples allowed per counted trial before the search gives up
+
+
+def over_budget(trial) -> bool:
+    return any(c > 0 for c in trial.user_attrs.get("constraint", [0.0]))
+
+
 def optimize(study, objective, trials: int, minutes: float, catch: tuple = ()) -> None:
-    """Run trials until `trials` have ended or `minutes` have passed, counting a resumed study's."""
+    """Run trials until `trials` have been trained (to the end, or stopped by the pruner; students over
+    the budget are refused in a second and do not count, up to ATTEMPTS x trials samples) or `minutes`
+    have passed, counting a resumed study's."""
     from optuna.trial import TrialState
 
-    ended = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    spent = sum(t.duration.total_seconds() for t in ended if t.duration is not None)
-    left, seconds = trials - len(ended), minutes * 60 - spent
-    if left > 0 and seconds > 0:
-        study.optimize(objective, n_trials=left, timeout=seconds, catch=catch, gc_after_trial=True)
+    ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+    def counted(s) -> int:
+        return sum(t.state in ended and not over_budget(t) for t in s.trials)
+
+    def stop(s, _trial) -> None:
+        if counted(s) >= trials or len(s.trials) >= ATTEMPTS * trials:
+            s.stop()
+
+    spent = sum(t.duration.total_seconds() for t in study.trials if t.state in ended and t.duration is not None)
+    seconds = minutes * 60 - spent
+    if counted(study) < trials and len(study.trials) < ATTEMPTS * trials and seconds > 0:
+        study.optimize(objective, timeout=seconds, catch=catch, gc_after_trial=True, callbacks=[stop])
 
 
 def rows(study) -> list[dict]:

@@ -1,21 +1,16 @@
-"""`edgekd report RUN_DIR`: one Markdown page that tells a run's story from its manifest alone.
-
-It reads only what the stages recorded (manifest metrics, export/parity.json, the newest bench
-JSON), never the models, so it renders in a second on any machine, torch or not, and it renders
-whatever stages exist: a stage that did not run says so instead of failing the report.
-"""
+"""The report's sections, each from what the stages recorded (manifest metrics, export/parity.json,
+the newest bench JSON): a stage that did not run says so instead of failing the report."""
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import yaml
 
 from edgekd.benchmark.plots import bench_plots
-from edgekd.benchmark.results import load_bench, ratios, to_markdown
-from edgekd.errors import UsageError
-from edgekd.files import atomic_write_text
+from edgekd.benchmark.results import ratios, to_markdown
 from edgekd.plots import HOW_TO_GET
 from edgekd.rundir import RunDir
 
@@ -40,36 +35,59 @@ def _metrics(run: RunDir, stage: str) -> dict | None:
     return None if st is None else (st.get("metrics") or {})
 
 
-def _recipe_section(run: RunDir) -> list[str]:
+def _defaults(raw: dict) -> dict:
+    """The recipe every field of which is its default, for the same dataset kind and required fields."""
+    from edgekd.recipe import Recipe, recipe_from_dict
+    from edgekd.recipe_data import AVDigitsData, FolderData
+
+    data = raw.get("data") or {}
+    kind = FolderData if data.get("name") == "folder" else AVDigitsData
+    needed = {k: data[k] for k, f in kind.model_fields.items() if (f.is_required() or k == "name") and k in data}
+    top = {k: raw[k] for k, f in Recipe.model_fields.items() if f.is_required() and k in raw and k != "data"}
+    dump = recipe_from_dict({**top, "data": needed}).model_dump(mode="json")
+    for k in needed:  # what a recipe must say is shown, not hidden as "equal to itself"
+        dump["data"][k] = object()
+    return dump
+
+
+def _changed(raw, default, prefix=""):
+    """`a.b=value` for every leaf of `raw` that differs from `default`."""
+    for k, v in raw.items():
+        d = default.get(k) if isinstance(default, dict) else None
+        if isinstance(v, dict) and isinstance(d, dict) and v:
+            yield from _changed(v, d, f"{prefix}{k}.")
+        elif v != d:
+            text = json.dumps(v) if isinstance(v, dict | list) else str(v)
+            short = re.sub(r"([0-9a-f]{12})[0-9a-f]{52}", r"\1…", text)  # sha256 pins, shortened
+            yield f"{prefix}{k}={short}"
+
+
+def recipe_section(run: RunDir) -> list[str]:
+    """Only the settings that differ from edgekd's defaults; the whole recipe is recipe.yaml."""
     try:
         raw = yaml.safe_load((run.path / "recipe.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return ["## Recipe", "", "recipe.yaml is missing or unreadable.", ""]
-
-    def flat(d, prefix=""):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                yield from flat(v, f"{prefix}{k}.")
-            else:
-                yield f"{prefix}{k}={v}"
-
-    lines = ["## Recipe", "", "| section | settings |", "|---|---|",
-             "| run | " + ", ".join(f"{k}={v}" for k, v in raw.items() if not isinstance(v, dict)) + " |"]
+        default = _defaults(raw)
+    except Exception as e:  # an unreadable or outdated recipe.yaml must not stop the report
+        return ["## Recipe", "", f"recipe.yaml could not be read against this edgekd ({type(e).__name__}); "
+                "[the recipe file](../recipe.yaml) is as the run froze it.", ""]
+    lines = ["## Recipe", "", "Settings that differ from edgekd's defaults; the whole resolved recipe is "
+             "[recipe.yaml](../recipe.yaml).", "", "| section | settings |", "|---|---|"]
     for section, body in raw.items():
-        if isinstance(body, dict):
-            text = ", ".join(flat(body))
-            lines.append(f"| {section} | {text if len(text) < 400 else text[:400] + ' …'} |")
+        items = list(_changed(body, default.get(section), "")) if isinstance(body, dict) else \
+            ([f"{body}"] if body != default.get(section) else [])
+        if items:
+            lines.append(f"| {section} | {', '.join(items)} |")
     return lines + [""]
 
 
-def _stages_section(run: RunDir) -> list[str]:
+def stages_section(run: RunDir) -> list[str]:
     lines = ["## Stages", "", "| stage | status | finished | seconds |", "|---|---|---|---|"]
     for name, st in run.manifest["stages"].items():
         lines.append(f"| {name} | {st.get('status')} | {st.get('finished', '–')} | {st.get('seconds', '–')} |")
     return lines + ([""] if run.manifest["stages"] else ["", "No stage has run yet.", ""])
 
 
-def _budget_section(run: RunDir, bench: dict | None) -> list[str]:
+def budget_section(run: RunDir, bench: dict | None) -> list[str]:
     teacher, distill, qat = (_metrics(run, s) for s in ("teacher", "distill", "qat"))
     export, build = _metrics(run, "export"), run.stage("build")
     rows: list[tuple[str, float | None, str]] = []  # (stage, accuracy, compared with)
@@ -110,7 +128,7 @@ def _budget_section(run: RunDir, bench: dict | None) -> list[str]:
     return lines + [""]
 
 
-def _prune_section(run: RunDir) -> list[str]:
+def prune_section(run: RunDir) -> list[str]:
     """The prune stage's figures, and under a latency budget its candidate table and plot."""
     m = _metrics(run, "prune")
     if not m or m.get("skipped"):
@@ -130,7 +148,7 @@ def _prune_section(run: RunDir) -> list[str]:
     return lines
 
 
-def _parity_section(run: RunDir) -> list[str]:
+def parity_section(run: RunDir) -> list[str]:
     entry = ((run.stage("export") or {}).get("outputs") or {}).get("parity")
     path = run.path / entry["path"] if entry else run.path / "export" / "parity.json"
     if not path.is_file():
@@ -171,7 +189,7 @@ def newest_bench(run: RunDir) -> Path | None:
     return found[-1] if found else None
 
 
-def _latency_section(run: RunDir, bench_path: Path | None, bench: dict | None, out_dir: Path) -> list[str]:
+def latency_section(run: RunDir, bench_path: Path | None, bench: dict | None, out_dir: Path) -> list[str]:
     if bench is None:
         return ["## Latency", "", f"Bench {NOT_RUN}: `edgekd bench {run.path}` measures every model.", ""]
     if all(r.get("latencies_ms") for r in bench["results"] if r.get("samples")):
@@ -186,7 +204,7 @@ def _latency_section(run: RunDir, bench_path: Path | None, bench: dict | None, o
     return ["## Latency", "", f"From `{rel}`.", "", table, *figures, ""]
 
 
-def _shipped_accuracy(run: RunDir) -> tuple[str, float | None]:
+def shipped_accuracy(run: RunDir) -> tuple[str, float | None]:
     """(what, test accuracy) of the student as it ships: the CPU INT8 ONNX model, else the newest student."""
     export, qat, distill = (_metrics(run, s) or {} for s in ("export", "qat", "distill"))
     for what, acc in (("the CPU INT8 student", (export.get("student_int8_cpu") or {}).get("accuracy")),
@@ -196,25 +214,26 @@ def _shipped_accuracy(run: RunDir) -> tuple[str, float | None]:
     return "the student", None
 
 
-def _baselines_section(run: RunDir) -> list[str]:
+def baselines_section(run: RunDir) -> list[str]:
     from edgekd.distill.baselines import beaten_by
 
     base = (_metrics(run, "teacher") or {}).get("baselines")
     if not base:
         return []
-    what, acc = _shipped_accuracy(run)
+    what, acc = shipped_accuracy(run)
     lines = ["## Baselines", "", "Linear models fitted on the same train split (teacher stage, "
              "teacher/baselines.json): what a student has to beat to be worth shipping.", "",
              "| baseline | val | test |", "|---|---|---|"]
     lines += [f"| {k} | {_pct(b['val_accuracy'])} | {_pct(b['accuracy'])} |" for k, b in base.items()]
-    if acc is not None:
-        lines += [f"| **{what}** | | **{_pct(acc)}** |"]
+    if acc is not None:  # its validation figure: the search's held-out rows, else the distill stage's val split
+        val = (_metrics(run, "search") or {}).get("val_accuracy") or (_metrics(run, "distill") or {}).get("val_accuracy")
+        lines += [f"| **{what}** | {_pct(val) if val is not None else ''} | **{_pct(acc)}** |"]
     verdict = beaten_by(base, acc, what)
     return lines + ["", f"**{verdict[0].upper() + verdict[1:]}.**" if verdict else
                     f"{what[0].upper() + what[1:]} beats every baseline on test." if acc is not None else "", ""]
 
 
-def _search_section(run: RunDir) -> list[str]:
+def search_section(run: RunDir) -> list[str]:
     m = _metrics(run, "search")
     table = run.path / "search" / "trials.md"
     if not m or m.get("skipped") or not table.is_file():
@@ -224,15 +243,14 @@ def _search_section(run: RunDir) -> list[str]:
             f"validation {_pct(m['val_accuracy'])}; the distill stage trained it on every train row.", body, ""]
 
 
-def _tensorboard_section(run: RunDir) -> list[str]:
+def tensorboard_lines(run: RunDir) -> list[str]:
     if not (run.path / "tb").is_dir():
         return []
     stages = sorted(p.name for p in (run.path / "tb").iterdir() if p.is_dir())
-    return ["## Training curves", "", f"TensorBoard event files for {', '.join(stages)}: "
-            f"`tensorboard --logdir {run.path / 'tb'}`.", ""]
+    return [f"TensorBoard event files for {', '.join(stages)}: `tensorboard --logdir {run.path / 'tb'}`.", ""]
 
 
-def _sizes_section(run: RunDir) -> list[str]:
+def sizes_section(run: RunDir) -> list[str]:
     lines = ["## Artifacts", "", "| stage | output | path | size |", "|---|---|---|---|"]
     for name, st in run.manifest["stages"].items():
         for key, e in (st.get("outputs") or {}).items():
@@ -242,29 +260,3 @@ def _sizes_section(run: RunDir) -> list[str]:
         files = json.loads(bundle.read_text(encoding="utf-8")).get("files", {})
         lines.append(f"| bundle | all {len(files)} files | bundle/ | {_size(sum(f['bytes'] for f in files.values()))} |")
     return lines + [""]
-
-
-def render_report(run_dir) -> Path:
-    """Write RUN_DIR/report/report.md (plots beside it when the bench's own are missing); returns its path."""
-    run = RunDir.open(Path(run_dir), check_recipe=False)  # a report must render even an outdated recipe
-    out_dir = run.path / "report"
-    bench_path = newest_bench(run)
-    try:
-        bench = load_bench(bench_path) if bench_path else None
-    except UsageError:
-        bench, bench_path = None, None
-    name = run.manifest.get("name", run.path.name)
-    lines = [f"# edgekd report: {name}", "",
-             f"Run directory `{run.path}`, created {run.manifest.get('created', '?')} by edgekd "
-             f"{run.manifest.get('edgekd_version', '?')}.", ""]
-    from edgekd.distill.baselines import beaten_by
-
-    verdict = beaten_by((_metrics(run, "teacher") or {}).get("baselines"), *reversed(_shipped_accuracy(run)))
-    if verdict:  # the answer first: a linear model would do better than what this run ships
-        lines += [f"> **{verdict[0].upper() + verdict[1:]}.** See Baselines.", ""]
-    lines += _recipe_section(run) + _stages_section(run) + _budget_section(run, bench) + _baselines_section(run)
-    lines += _search_section(run) + _prune_section(run) + _tensorboard_section(run)
-    lines += _parity_section(run)
-    lines += _latency_section(run, bench_path, bench, out_dir) + _sizes_section(run)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return atomic_write_text(out_dir / "report.md", "\n".join(lines))
