@@ -57,7 +57,9 @@ def test_report_html_is_one_self_contained_page(tmp_path):
     run = _run(tmp_path)
     render_report(run.path)
     page = (run.path / "report" / "report.html").read_text()
-    assert page.startswith("<!DOCTYPE html>") and '<div id="summary">' in page
+    assert page.startswith("<!DOCTYPE html>")
+    summary = page.split('<div id="summary">', 1)[1].split("</div>", 1)[0]
+    assert "<h2>Summary</h2>" in summary and "Ships" in summary and "Faster than the teacher" in summary
     assert "<script" not in page.lower()
     sources = re.findall(r'src="([^"]+)"', page)
     assert sources and all(src.startswith("data:image/png;base64,") for src in sources)  # plots inlined

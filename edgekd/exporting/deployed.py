@@ -21,21 +21,23 @@ def deployed_onnx(model, names: list[str], example: dict, budget, calib: list[di
     from edgekd.exporting.onnx_export import export_onnx
     from edgekd.models.student import inference_form
 
+    from edgekd.quant.fold import fold_batchnorm
+
     out.parent.mkdir(parents=True, exist_ok=True)
+    q = copy.deepcopy(model).eval()
+    fold_batchnorm(q)  # as the qat stage does before the export stage ships it (an unfolded BatchNorm
+    # between quantized convolutions stays a separate float node: 0.032 against 0.023 ms on avdigits)
     if budget.precision == "fp32":
-        return export_onnx(inference_form(model), example, out)
+        return export_onnx(inference_form(q), example, out)
     if device_of(budget.backend) == "cpu":
         from edgekd.exporting.cpu_int8 import quantize_for_cpu
 
         with tempfile.TemporaryDirectory() as tmp:
-            fp32 = export_onnx(inference_form(model), example, Path(tmp) / "fp32.onnx")
+            fp32 = export_onnx(inference_form(q), example, Path(tmp) / "fp32.onnx")
             return quantize_for_cpu(fp32, out, [{n: b[n] for n in names} for b in calib], cpu_calib_method)
     import torch
 
-    from edgekd.quant.fold import fold_batchnorm
     from edgekd.quant.int8 import quantize
 
-    q = copy.deepcopy(model).eval()
-    fold_batchnorm(q)
     q = quantize(q, qat, [{n: torch.from_numpy(b[n]) for n in names} for b in calib])
     return export_onnx(q, example, out, quantized=True)

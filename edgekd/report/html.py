@@ -39,11 +39,10 @@ def to_html(markdown_text: str, base: Path, title: str) -> str:
     import markdown
 
     body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"], output_format="html")
-    body = body.replace("<h2>Summary</h2>", '<div id="summary"><h2>Summary</h2>', 1)
-    if '<div id="summary">' in body:  # the summary block ends where the next section starts
-        head, _, tail = body.partition('<div id="summary">')
+    head, found, tail = body.partition("<h2>Summary</h2>")
+    if found:  # the summary block: from its heading to where the next section starts
         block, sep, rest = tail.partition("<h2>")
-        body = f'{head}<div id="summary">{block}</div>{sep}{rest}'
+        body = f'{head}<div id="summary"><h2>Summary</h2>{block}</div>{sep}{rest}'
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n"
