@@ -210,20 +210,6 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
             typer.echo("no browser found here: open report.html by hand (it is one self-contained file)")
 
 
-@app.command()
-def gate(bench_json: Annotated[Path, typer.Argument(help="A bench.json written by `edgekd bench`.")],
-         budget: Annotated[Path, typer.Option("--budget", help="Budget YAML (see bench/budgets/).")],
-         baseline: Annotated[Optional[Path], typer.Option("--baseline", help="An older bench.json for regression budgets.")] = None):
-    """Check a bench against latency/accuracy budgets with confidence bounds: exit 0 pass, 1 fail, 3 inconclusive (re-run)."""
-    from edgekd.benchmark.gate import gate as evaluate
-
-    code, lines = evaluate(bench_json, budget, baseline)
-    for line in lines:
-        typer.echo(line)
-    if code:
-        raise typer.Exit(code)
-
-
 @app.command("predict")
 def predict_(bundle: Annotated[Path, typer.Argument(help="A bundle directory (runs/<name>/bundle).")],
              image: Annotated[Optional[str], typer.Option("--image", help="png/jpg for the image input.")] = None,
@@ -348,7 +334,7 @@ def _join_torchrun() -> None:
             sys.stdout = open(os.devnull, "w")
 
 
-_register_device(app)  # serve, triton
+_register_device(app)  # gate, serve, triton
 _register_data(data_app)  # prepare, verify
 
 

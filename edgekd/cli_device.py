@@ -1,5 +1,6 @@
-"""`edgekd serve` and `edgekd triton`: the commands that put a bundle behind a network endpoint.
-Device side: the core install plus the [serve] extra; no torch, no run directory."""
+"""`edgekd gate`, `edgekd serve` and `edgekd triton`: the commands that judge a bundle's bench and put
+a bundle behind a network endpoint. Device side: the core install (plus the [serve] extra for
+serve); no torch, no run directory."""
 from __future__ import annotations
 
 import os
@@ -11,6 +12,19 @@ import typer
 from edgekd.errors import UsageError
 
 TOKEN_ENV = "EDGEKD_SERVE_TOKEN"
+
+
+def gate(bench_json: Annotated[Path, typer.Argument(help="A bench.json written by `edgekd bench`.")],
+         budget: Annotated[Path, typer.Option("--budget", help="Budget YAML (see bench/budgets/).")],
+         baseline: Annotated[Optional[Path], typer.Option("--baseline", help="An older bench.json for regression budgets.")] = None):
+    """Check a bench against latency/accuracy budgets with confidence bounds: exit 0 pass, 1 fail, 3 inconclusive (re-run)."""
+    from edgekd.benchmark.gate import gate as evaluate
+
+    code, lines = evaluate(bench_json, budget, baseline)
+    for line in lines:
+        typer.echo(line)
+    if code:
+        raise typer.Exit(code)
 
 
 def _serving_defaults(target: str | None):
@@ -95,5 +109,6 @@ def triton(bundle: Annotated[Path, typer.Argument(help="A bundle directory (runs
 
 
 def register(app: typer.Typer) -> None:
+    app.command()(gate)
     app.command()(serve)
     app.command()(triton)

@@ -126,3 +126,17 @@ def training_png(curves: dict[str, list[dict]], path: Path) -> Path | None:
     out = save(fig, Path(path))
     plt.close(fig)
     return out
+
+
+def legend_axes(ax, markers: dict, colors: dict, shipped: bool) -> None:
+    """Legends outside the last panel: models by marker, backends by colour, the Pareto front, the shipped model."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Line2D([], [], marker=m, color="black", linestyle="", label=name) for name, m in markers.items()]
+    handles += [Patch(color=c, label=b) for b, c in colors.items()]  # a swatch: no marker to mistake for a model
+    handles.append(Line2D([], [], color="gray", linestyle="--", label="Pareto front"))
+    if shipped:
+        handles.append(Line2D([], [], marker="o", markersize=12, markerfacecolor="none", markeredgecolor="tab:green",
+                              linestyle="", label="shipped"))
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgekd.benchmark.results import pareto_front
-from edgekd.plots import pyplot, save
+from edgekd.plots import legend_axes, pyplot, save
 
 
 def bench_plots(bench: dict, out_dir) -> dict[str, Path]:
@@ -43,7 +43,7 @@ def bench_plots(bench: dict, out_dir) -> dict[str, Path]:
             ax.step(*zip(*front), where="post", color="gray", linestyle="--", linewidth=1)
             ax.set_xscale("log")
         ax.set(xlabel="p50 latency (ms, log)", ylabel="test accuracy (%)", title=f"batch {batch}")
-    legend_axes(plt, fig, axes[0][-1], markers, colors, bool(shipped))
+    legend_axes(axes[0][-1], markers, colors, bool(shipped))
     fig.tight_layout()
     written["latency_accuracy"] = save(fig, out_dir / "latency_accuracy.png")
     plt.close(fig)
@@ -63,16 +63,3 @@ def bench_plots(bench: dict, out_dir) -> dict[str, Path]:
     plt.close(fig)
     return written
 
-
-def legend_axes(plt, fig, ax, markers: dict, colors: dict, shipped: bool) -> None:
-    """Legends outside the last panel: models by marker, backends by colour, the Pareto front, the shipped model."""
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    handles = [Line2D([], [], marker=m, color="black", linestyle="", label=name) for name, m in markers.items()]
-    handles += [Patch(color=c, label=b) for b, c in colors.items()]  # a swatch: no marker to mistake for a model
-    handles.append(Line2D([], [], color="gray", linestyle="--", label="Pareto front"))
-    if shipped:
-        handles.append(Line2D([], [], marker="o", markersize=12, markerfacecolor="none", markeredgecolor="tab:green",
-                              linestyle="", label="shipped"))
-    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)

@@ -20,7 +20,6 @@ def deployed_onnx(model, names: list[str], example: dict, budget, calib: list[di
 
     from edgekd.exporting.onnx_export import export_onnx
     from edgekd.models.student import inference_form
-
     from edgekd.quant.fold import fold_batchnorm
 
     out.parent.mkdir(parents=True, exist_ok=True)

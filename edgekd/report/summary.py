@@ -9,19 +9,7 @@ from __future__ import annotations
 import json
 
 from edgekd.benchmark.results import int8_verdicts, ratios
-
-
-def _pct(v) -> str:
-    return "–" if v is None else f"{100 * v:.1f}%"
-
-
-def _size(n) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
+from edgekd.report.sections import _pct, _size
 
 
 def _bundle(run) -> dict:
