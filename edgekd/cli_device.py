@@ -1,5 +1,5 @@
-"""`edgekd gate`, `edgekd serve` and `edgekd triton`: the commands that judge a bundle's bench and put
-a bundle behind a network endpoint. Device side: the core install (plus the [serve] extra for
+"""`edgekd gate`, `edgekd profile`, `edgekd serve` and `edgekd triton`: the commands that judge and
+profile a bundle and put it behind a network endpoint. Device side: the core install (plus the [serve] extra for
 serve); no torch, no run directory."""
 from __future__ import annotations
 
@@ -108,7 +108,24 @@ def triton(bundle: Annotated[Path, typer.Argument(help="A bundle directory (runs
                "tritonserver --model-repository=/models")
 
 
+def profile(bundle: Annotated[Path, typer.Argument(help="A bundle directory (runs/<name>/bundle).")],
+            model: Annotated[Optional[str], typer.Option("--model", help="Model key (default: the bundle's).")] = None,
+            batch: Annotated[int, typer.Option("--batch", min=1, help="Batch size of the profiled call.")] = 1,
+            threads: Annotated[int, typer.Option("--threads", min=1, help="Intra-op threads.")] = 1,
+            runs: Annotated[int, typer.Option("--runs", min=10, help="Profiled calls (after 20 untimed).")] = 200,
+            out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: beside the bundle, "
+                                                        "profile/<model>-b<batch>).")] = None):
+    """Per-node and per-op-type time of a bundle's ONNX model from onnxruntime's profiler: profile.md + profile.json."""
+    from edgekd.benchmark.profile import profile_bundle
+
+    result, folder = profile_bundle(bundle, model, batch, runs=runs, threads=threads, out=out)
+    top = ", ".join(f"{o['op']} {o['share']:.0%}" for o in result["op"][:4])
+    typer.echo(f"profile: {result['model']} batch {batch}: {result['unprofiled_us']:.1f} µs per call unprofiled; "
+               f"kernels {top}; table in {folder / 'profile.md'}")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(gate)
+    app.command()(profile)
     app.command()(serve)
     app.command()(triton)

@@ -459,3 +459,14 @@ def test_bench_baseline_floor_fails_a_student_a_linear_model_beats(tiny_run, tmp
     assert code == 1 and "bench.baseline_floor:" in err and "a linear model beats this student" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert json.loads((run_dir / "manifest.json").read_text())["stages"]["bench"]["status"] == "done"  # recorded first
+
+
+def test_profile_times_every_node_of_a_bundle_model_by_op_type(tiny_run, tmp_path, capsys):
+    code, out, err = cli(capsys, "profile", tiny_run / "bundle", "--batch", "4", "--runs", "20", "--out", tmp_path / "p")
+    assert code == 0, err and "µs per call unprofiled" in out
+    r = json.loads((tmp_path / "p" / "profile.json").read_text())
+    assert r["model"] and r["batch"] == 4 and r["unprofiled_us"] > 0 and r["kernels_us"] > 0
+    assert abs(sum(o["share"] for o in r["op"]) - 1) < 0.01 and {n["op"] for n in r["node"]} == {o["op"] for o in r["op"]}
+    assert "| op type | µs per call | share |" in (tmp_path / "p" / "profile.md").read_text()
+    code, _, err = cli(capsys, "profile", tiny_run / "bundle", "--model", "nope")
+    assert code != 0 and "unknown model 'nope'" in err and len(err.strip().splitlines()) == 1

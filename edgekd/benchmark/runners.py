@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekd.benchmark.testset import TESTSET, batch_of, load_testset  # noqa: F401  (re-exported)
 from edgekd.contract import OUTPUTS, to_numpy
-from edgekd.errors import BundleError, DataError
+from edgekd.errors import BundleError
 
 ORT_PROVIDERS = {
     "onnxruntime-cpu": ["CPUExecutionProvider"],
@@ -23,7 +24,6 @@ ORT_PROVIDERS = {
 TORCH_BACKENDS = ("torch-cpu", "torch-cuda")
 BACKENDS = (*ORT_PROVIDERS, "tensorrt", *TORCH_BACKENDS)
 DEVICE = {"onnxruntime-cpu": "cpu", "torch-cpu": "cpu"}  # every other backend runs on the CUDA device
-TESTSET = "testset.npz"  # in the bundle: "labels" (N,) int64 and "input.<name>" for every model input
 
 
 def device_of(backend: str) -> str:
@@ -31,31 +31,6 @@ def device_of(backend: str) -> str:
 
 
 # --------------------------------------------------------------------------- data
-
-
-def load_testset(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The bundle's test split: (inputs by input name, labels)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            inputs = {k[len("input."):]: z[k] for k in z.files if k.startswith("input.")}
-            labels = z["labels"].astype(np.int64)
-    except (OSError, ValueError, KeyError) as e:
-        raise DataError(f"{path} is not a readable test set ({e}); it needs 'labels' and one 'input.<name>' array "
-                        "per model input; re-export with `edgekd export RUN_DIR`") from None
-    bad = [k for k, v in inputs.items() if len(v) != len(labels)]
-    if bad or not inputs:
-        raise DataError(f"{path}: inputs {bad or '(none)'} do not have one row per label; re-export the bundle")
-    return inputs, labels
-
-
-def batch_of(inputs: dict[str, np.ndarray], names: list[str], batch: int) -> dict[str, np.ndarray]:
-    """The first `batch` test samples (repeated when the split is smaller), contiguous, per input."""
-    out = {}
-    for n in names:
-        x = inputs[n]
-        reps = -(-batch // len(x))
-        out[n] = np.ascontiguousarray(np.concatenate([x] * reps)[:batch] if reps > 1 else x[:batch])
-    return out
 
 
 def synthetic(specs: dict[str, tuple[str, tuple]], batch: int, seed: int = 0) -> dict[str, np.ndarray]:
