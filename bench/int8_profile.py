@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import statistics
 import tempfile
 import time
@@ -131,32 +130,16 @@ def isolated(opt: Path, inputs: dict[str, np.ndarray], batch: int, calls: int) -
     return {"op": dict(by_op), "node": node, "node_op": op, "call": base}
 
 
-def profile(path: Path, inputs: dict[str, np.ndarray], batch: int, runs: int, warmup: int, tmp: Path) -> dict:
-    """onnxruntime's profile of `runs` calls after `warmup`: µs per call by op type and by node."""
-    sess = session(path, profile=tmp / f"{path.stem}.b{batch}")
-    feed = batch_of(inputs, [i.name for i in sess.get_inputs()], batch)
-    for _ in range(warmup + runs):
-        sess.run(None, feed)
-    events = json.loads(Path(sess.end_profiling()).read_text())
-    runs_ev = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
-    start = runs_ev[warmup]["ts"]  # the first timed call; warm-up calls are dropped
-    by_op, by_node, nodes = collections.defaultdict(float), collections.defaultdict(float), {}
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start:
-            op, node = e["args"]["op_name"], e["name"][: -len("_kernel_time")]
-            by_op[op] += e["dur"] / runs
-            by_node[node] += e["dur"] / runs
-            nodes[node] = op
-    timed = runs_ev[warmup:]
-    plain = session(path)
-    wall = []
-    for i in range(warmup + runs):
-        t = time.perf_counter()
-        plain.run(None, feed)
-        if i >= warmup:
-            wall.append((time.perf_counter() - t) * 1e6)
-    return {"op": dict(by_op), "node": dict(by_node), "node_op": nodes,
-            "model_run": statistics.median(e["dur"] for e in timed), "wall": statistics.median(wall)}
+def profile(path: Path, inputs: dict[str, np.ndarray], batch: int, runs: int, warmup: int) -> dict:
+    """onnxruntime's profile of `runs` calls after `warmup` (edgekd.benchmark.profile, what `edgekd
+    profile` runs): µs per call by op type and by node."""
+    from edgekd.benchmark.profile import profile_model
+
+    names = [i.name for i in session(path).get_inputs()]
+    r = profile_model(path, batch_of(inputs, names, batch), runs=runs, warmup=warmup)
+    return {"op": {o["op"]: o["us"] for o in r["op"]}, "node": {n["node"]: n["us"] for n in r["node"]},
+            "node_op": {n["node"]: n["op"] for n in r["node"]}, "model_run": r["model_run_us"],
+            "wall": r["unprofiled_us"]}
 
 
 def latency(paths: dict[str, Path], inputs: dict[str, np.ndarray], batch: int, calls: int) -> dict[str, float]:
@@ -261,7 +244,7 @@ def report(a: argparse.Namespace, tmp: Path) -> None:
     ops = {k: collections.Counter(n.op_type for n in onnx.load(str(o)).graph.node) for k, o in opt.items()}
     cols = [(k, b) for b in batches for k in models]
     iso = {(k, b): isolated(opt[k], inputs, b, a.runs) for k, b in cols}
-    prof = {(k, b): profile(models[k], inputs, b, a.runs, a.warmup, tmp) for k, b in cols}
+    prof = {(k, b): profile(models[k], inputs, b, a.runs, a.warmup) for k, b in cols}
     print("\n## Optimized graph (ORT_ENABLE_ALL): nodes per op type\n")
     kinds = sorted(set().union(*ops.values()), key=lambda o: (-max(c[o] for c in ops.values()), o))
     print(table(["op type", *every], [[o, *(str(ops[k][o] or "—") for k in every)] for o in kinds]

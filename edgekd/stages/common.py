@@ -67,6 +67,11 @@ def distilled_student(run):
     return load_saved(run.artifact("distill", "weights"), run.artifact("distill", "config"))
 
 
+def recorded_baselines(run) -> dict | None:
+    """The teacher stage's linear baselines, {name: {val_accuracy, accuracy}} (None when not fitted)."""
+    return ((run.stage("teacher") or {}).get("metrics") or {}).get("baselines")
+
+
 def check_data(run, stage: str, data) -> None:
     """Refuse to continue from stage `stage`'s models when the data now differs from theirs."""
     recorded = (run.stage(stage) or {}).get("data_fingerprint")

@@ -31,7 +31,16 @@ from edgekd.rundir import RunDir
 from edgekd.runtime import drift
 from edgekd.runtime.bundle import write_bundle
 from edgekd.runtime.runner import OrtRunner
-from edgekd.stages.common import check_data, load_model, pct, pruned, student_data, teacher_data, threads
+from edgekd.stages.common import (
+    check_data,
+    load_model,
+    pct,
+    pruned,
+    recorded_baselines,
+    student_data,
+    teacher_data,
+    threads,
+)
 from edgekd.trt.lint import check, format_report, lint_onnx
 
 # what each artifact is, for the bundle and the bench
@@ -168,7 +177,7 @@ def bundle(run: RunDir, data, tests: dict, files, metrics, config, embed_dim: in
                                 **{f"input.{m}": np.asarray(x[rows]) for m, (x, _) in inputs.items()})
         extra["testset.npz"] = out
     extra["drift.json"] = drift_reference(run, files, tests["student"])
-    baselines = (run.stage("teacher") or {}).get("metrics", {}).get("baselines")
+    baselines = recorded_baselines(run)
     return write_bundle(run.path / "bundle", name=run.recipe.name, models=models, model_files=files, baselines=baselines,
                         io_spec=io_spec(config["modalities"], len(data.classes), embed_dim),
                         preprocess={m: p for m, (_, p) in inputs.items()},

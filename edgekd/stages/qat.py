@@ -36,6 +36,7 @@ from edgekd.stages.common import (
     load_model,
     pct,
     pruned,
+    recorded_baselines,
     student_data,
     teacher_data,
     tensorboard_dir,
@@ -150,7 +151,7 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
                   fp32_result["accuracy"]),
                  (f"student INT8 PTQ ({q.algorithm}, {q.calib_batches} batches)", ptq_result["accuracy"])]
         rows += [(_label(*variants[k]), results[k]["accuracy"]) for k in sorted(variants, key=lambda k: k == main)]
-        baselines = (run.stage("teacher") or {}).get("metrics", {}).get("baselines")
+        baselines = recorded_baselines(run)
         # what a linear model reaches first, then the FP32 student the INT8 ones come from
         budget = budget_rows(baselines) + _budget(rows, base=2 if p else 1)
         budget_md = _markdown(budget)

@@ -33,17 +33,12 @@ from edgekd.stages.common import (
     example_batch,
     load_model,
     pct,
+    recorded_baselines,
     tensorboard_dir,
     threads,
     val_accuracy,
     with_point,
 )
-
-# a generic first trial (the registry's lean preset, the recipe defaults' distillation): the sampler
-# starts from a sound student instead of six random ones only
-FIRST = {"preset": "fusion_lean", "dim": 64, "width": 16, "fusion": "late", "text_kernel": None, "text_ngrams": 2,
-         "text_buckets": 2048, "text_tokenizer": "own", "epochs": 30, "lr": 0.003, "alpha": 0.5, "temperature": 4.0,
-         "beta": 1.0, "modality_dropout": 0.2, "views": 1}
 
 
 def params_cap(budget: StudentBudget, teacher_params: int) -> int | None:
@@ -163,23 +158,10 @@ def run(run: RunDir, data_root=None, resume: bool = False, progress=None) -> dic
                 job.checkpoint.unlink(missing_ok=True)
             return history[-1]["val_accuracy"]
 
-        first = {k: v for k, v in FIRST.items() if _applies(k, kinds, tokenizer)}
-        first["epochs"] = max(max(2, r.search.max_epochs // 4), min(first["epochs"], r.search.max_epochs))
         seed = r.seed if r.search.seed is None else r.search.seed
-        study = st.open_study(out, seed, r.search.max_epochs, resume, first)
+        study = st.open_study(out, seed, r.search.max_epochs, resume, space.first())
         st.optimize(study, objective, r.search.trials, r.search.minutes, catch=(TrainingError,))
         return _record(run, study, budget, cap, floor, fit, started, t0)
-
-
-def _applies(key: str, kinds: dict, tokenizer: bool) -> bool:
-    k = set(kinds.values())
-    if key in ("text_kernel", "text_ngrams", "text_buckets", "views"):
-        return "text" in k
-    if key == "text_tokenizer":
-        return tokenizer
-    if key in ("fusion", "modality_dropout"):
-        return len(kinds) > 1
-    return key != "width" or bool(k & {"image", "audio"})
 
 
 def _over(budget, cap, params: int, size_kb, latency: dict) -> tuple[str, dict[str, float]]:
@@ -214,7 +196,7 @@ def _record(run: RunDir, study, budget, cap, floor, fit, started, t0) -> dict:
         if budget.latency_ms else "", f"<= {cap:,} params" if cap is not None else "",
         f"<= {budget.size_kb:g} KB" if budget.size_kb else "") if x)
     where = "the val split" if fit is None else f"{r.search.val_fraction:.0%} of each class's train rows held out"
-    baselines = (run.stage("teacher") or {}).get("metrics", {}).get("baselines") or {}
+    baselines = recorded_baselines(run) or {}
     best_base = max(baselines.items(), key=lambda kv: kv[1]["val_accuracy"], default=None)
     front = st.pareto(trials)
     png = budget_png(st.plot_rows(trials), [str(n) for n in front], budget.latency_ms, budget.metric,
