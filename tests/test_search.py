@@ -96,8 +96,9 @@ def test_a_killed_search_resumes_losing_at_most_the_interrupted_trial(searched, 
     with _quiet():
         after = optuna.load_study(study_name="student", storage=f"sqlite:///{db}").trials
     assert {t.number: t.params for t in after if t.number in finished} == finished  # nothing finished is lost
-    if cut:  # the interrupted trial is failed and asked again
-        assert any(t.params == cut[0] and t.state.name != "FAIL" for t in after if t.number not in finished)
+    if cut:  # the interrupted trial is failed and asked again (a kill while it sampled leaves only some params)
+        assert any(cut[0].items() <= t.params.items() and t.state.name != "FAIL"
+                   for t in after if t.number not in finished)
     assert json.loads((run_dir / "manifest.json").read_text())["stages"]["search"]["metrics"]["choice"]
 
 
